@@ -1,0 +1,371 @@
+"""The AlexNet network of Krizhevsky, Sutskever and Hinton (2012) as one Flax module.
+
+One module serves three layouts, chosen by where it runs:
+
+* single device, paper variant: both towers on one device; grouped layers (conv2, conv4, conv5)
+  use two channel groups and LRN windows stop at the tower boundary;
+* inside `shard_map` with `model_axis` set and two devices on it: each device holds one tower,
+  i.e. the output half of every layer's kernel, and the cross-tower layers (conv3, fc6, fc7, fc8)
+  all-gather their input over the model axis;
+* the torchvision single-tower variant (no grouping, no LRN, 64-192-384-256-256 kernels).
+
+The parameter tree is the same in all three (see `canonical_shapes`): keys `conv1` .. `fc8`, each
+with `kernel` and `bias`; conv kernels HWIO with grouped kernels stored as `(kh, kw, in/2, out)`,
+dense kernels `(in, out)` with fc6's input in HWC flatten order. Sharding a tree on the output
+axis gives each tower its own kernels with no reshaping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+
+# How a layer's input reaches it when the towers live on different devices.
+FROM_IMAGE = "image"  # conv1: every tower sees the whole (replicated) image.
+OWN_TOWER = "own"  # grouped: a tower sees only its own tower's maps; no communication.
+BOTH_TOWERS = "both"  # cross: a tower sees both towers' maps; needs an all-gather.
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvLayer:
+    """One convolutional layer of an architecture (section 3.5 of the paper)."""
+
+    name: str
+    features: int
+    kernel: int
+    stride: int
+    padding: int | None  # None: cuda-convnet's rounding (see `convnet_padding`).
+    tower_input: str
+    lrn: bool  # LRN after the ReLU (conv1, conv2 in the paper).
+    pool: bool  # overlapping 3/2 max-pool after (LRN and) ReLU.
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """The layer list of a variant and how many towers it splits into."""
+
+    towers: int
+    convs: tuple[ConvLayer, ...]
+    hidden: int = 4096  # fc6 and fc7 width.
+
+
+ARCHITECTURES = {
+    # Figure 2 and section 3.5 of the paper: two towers that meet at conv3 and the fc layers.
+    "paper": Architecture(
+        towers=2,
+        convs=(
+            ConvLayer("conv1", 96, 11, 4, None, FROM_IMAGE, lrn=True, pool=True),
+            ConvLayer("conv2", 256, 5, 1, 2, OWN_TOWER, lrn=True, pool=True),
+            ConvLayer("conv3", 384, 3, 1, 1, BOTH_TOWERS, lrn=False, pool=False),
+            ConvLayer("conv4", 384, 3, 1, 1, OWN_TOWER, lrn=False, pool=False),
+            ConvLayer("conv5", 256, 3, 1, 1, OWN_TOWER, lrn=False, pool=True),
+        ),
+    ),
+    # torchvision.models.alexnet ("One weird trick", Krizhevsky 2014): one tower, no LRN.
+    "torchvision": Architecture(
+        towers=1,
+        convs=(
+            ConvLayer("conv1", 64, 11, 4, 2, FROM_IMAGE, lrn=False, pool=True),
+            ConvLayer("conv2", 192, 5, 1, 2, OWN_TOWER, lrn=False, pool=True),
+            ConvLayer("conv3", 384, 3, 1, 1, BOTH_TOWERS, lrn=False, pool=False),
+            ConvLayer("conv4", 256, 3, 1, 1, OWN_TOWER, lrn=False, pool=False),
+            ConvLayer("conv5", 256, 3, 1, 1, OWN_TOWER, lrn=False, pool=True),
+        ),
+    ),
+}
+
+# Section 5: weights ~ N(0, std^2); biases 1 where ReLUs need a positive start, else 0.
+# Each scheme: (default std, per-layer std overrides, bias value, layers with that bias).
+_BIAS_ONE_LAYERS = ("conv2", "conv4", "conv5", "fc6", "fc7")
+INIT_SCHEMES = {
+    "paper": (0.01, {}, 1.0, _BIAS_ONE_LAYERS),
+    # cuda-convnet2's layers-imagenet-2gpu-model.cfg used std 0.03 on conv3-conv5.
+    "cuda-convnet": (0.01, {"conv3": 0.03, "conv4": 0.03, "conv5": 0.03}, 1.0, _BIAS_ONE_LAYERS),
+    # Caffe's bvlc_alexnet: fc6/fc7 std 0.005 and bias 0.1.
+    "caffe": (0.01, {"fc6": 0.005, "fc7": 0.005}, 0.1, _BIAS_ONE_LAYERS),
+}
+
+POOL_WINDOW, POOL_STRIDE = 3, 2  # overlapping pooling, section 3.4 (z = 3, s = 2).
+
+
+def convnet_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """Padding (before, after) that reproduces cuda-convnet's output size `1 + ceil((size-k)/s)`.
+
+    The original code let the last window overhang the bottom/right edge, which is how a 224 x 224
+    crop gives conv1 its 55 x 55 output (pad 0 top/left, 3 bottom/right). A 227 input needs none.
+    """
+    if size < kernel:
+        raise ValueError(f"input size {size} is smaller than the {kernel}x{kernel} kernel")
+    out = 1 + math.ceil((size - kernel) / stride)
+    return 0, (out - 1) * stride + kernel - size
+
+
+def local_response_norm(
+    x: jax.Array,
+    groups: int,
+    *,
+    k: float = 2.0,
+    n: int = 5,
+    alpha: float = 1e-4,
+    beta: float = 0.75,
+) -> jax.Array:
+    """Section 3.3's brightness normalisation over channels, windows confined to `groups` blocks.
+
+    `b_i = a_i / (k + alpha * sum_{|j-i| <= n//2} a_j^2) ** beta`, alpha as printed in the paper (not
+    divided by n as PyTorch and Caffe do). With `groups=2` the channels are the two towers' and no
+    window crosses from one tower into the other, as on the original two GPUs. The sum and the
+    power run in float32 whatever the compute dtype.
+    """
+    channels = x.shape[-1]
+    if channels % groups:
+        raise ValueError(f"{channels} channels do not split into {groups} LRN groups")
+    xf = x.astype(jnp.float32).reshape(*x.shape[:-1], groups, channels // groups)
+    half = n // 2
+    window_sum = lax.reduce_window(
+        xf * xf,
+        0.0,
+        lax.add,
+        window_dimensions=(1,) * (xf.ndim - 1) + (n,),
+        window_strides=(1,) * xf.ndim,
+        padding=((0, 0),) * (xf.ndim - 1) + ((half, half),),
+    )
+    out = xf * lax.pow(k + alpha * window_sum, -beta)
+    return out.reshape(x.shape).astype(x.dtype)
+
+
+def max_pool(x: jax.Array) -> jax.Array:
+    """Overlapping 3 x 3 max-pooling with stride 2, no padding (55 -> 27 -> 13 -> 6)."""
+    return nn.max_pool(x, (POOL_WINDOW, POOL_WINDOW), strides=(POOL_STRIDE, POOL_STRIDE))
+
+
+class _Conv(nn.Module):
+    """A convolution that owns `kernel` (kh, kw, in/groups, out) and `bias` in canonical layout."""
+
+    features: int
+    kernel_size: int
+    stride: int
+    padding: tuple[tuple[int, int], tuple[int, int]]
+    groups: int
+    grouped_conv: str
+    kernel_init: Callable
+    bias_init: Callable
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_per_group = x.shape[-1] // self.groups
+        k = self.kernel_size
+        kernel = self.param(
+            "kernel", self.kernel_init, (k, k, in_per_group, self.features), self.param_dtype
+        )
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+
+        def conv(lhs, rhs, groups=1):
+            return lax.conv_general_dilated(
+                lhs,
+                rhs,
+                window_strides=(self.stride, self.stride),
+                padding=self.padding,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=groups,
+            )
+
+        if self.groups == 1:
+            y = conv(x, kernel)
+        elif self.grouped_conv == "feature_group":
+            y = conv(x, kernel, self.groups)
+        elif self.grouped_conv == "split":
+            # XLA:CPU runs grouped convolutions ~2.4x slower than separate ones (PERFORMANCE.md).
+            xs = jnp.split(x, self.groups, axis=-1)
+            ks = jnp.split(kernel, self.groups, axis=-1)
+            y = jnp.concatenate([conv(a, b) for a, b in zip(xs, ks)], axis=-1)
+        else:
+            raise ValueError(f"grouped_conv must be 'split' or 'feature_group', got {self.grouped_conv!r}")
+        return y + bias.astype(self.dtype)
+
+
+class _Dense(nn.Module):
+    """A fully connected layer that owns `kernel` (in, out) and `bias` in canonical layout."""
+
+    features: int
+    kernel_init: Callable
+    bias_init: Callable
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+        return y + bias.astype(self.dtype)
+
+
+class AlexNet(nn.Module):
+    """AlexNet, eight layers, NHWC input of 224 x 224 (or 227, or smaller for quick runs).
+
+    Attributes:
+      num_classes: width of fc8.
+      variant: "paper" (two towers, grouped, LRN) or "torchvision" (one tower, no LRN).
+      lrn: apply LRN where the variant has it (set False to ablate it).
+      dropout_rate: dropout on fc6 and fc7 outputs, training only (section 4.2).
+      init_scheme: weight/bias initialisation scheme, a key of `INIT_SCHEMES`.
+      dtype: compute dtype (float32 or bfloat16); parameters stay `param_dtype`.
+      grouped_conv: "split" (two half convolutions, faster on XLA:CPU) or "feature_group"
+        (`feature_group_count`); the two give the same numbers.
+      lrn_k, lrn_n, lrn_alpha, lrn_beta: section 3.3's constants.
+      model_axis: set inside `shard_map`: the mesh axis that splits the towers across devices.
+      data_axis: set inside `shard_map`: the batch axis, so that dropout masks follow the global
+        example index and every mesh draws the masks that one device would.
+
+    Calling it with `train=True` needs a "dropout" RNG. Each layer's activation is sown into the
+    "intermediates" collection as `<layer>_out` (after the ReLU), and `pool1`, `pool2`, `pool5`.
+    """
+
+    num_classes: int = 1000
+    variant: str = "paper"
+    lrn: bool = True
+    dropout_rate: float = 0.5
+    init_scheme: str = "paper"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    grouped_conv: str = "split"
+    lrn_k: float = 2.0
+    lrn_n: int = 5
+    lrn_alpha: float = 1e-4
+    lrn_beta: float = 0.75
+    model_axis: str | None = None
+    data_axis: str | None = None
+
+    def _model_size(self) -> int:
+        return lax.axis_size(self.model_axis) if self.model_axis else 1
+
+    def _gather_towers(self, x: jax.Array) -> jax.Array:
+        """Both towers' channels in canonical order, from each device's own tower."""
+        if self._model_size() == 1:
+            return x
+        return lax.all_gather(x, self.model_axis, axis=x.ndim - 1, tiled=True)
+
+    def _init_fns(self, name: str) -> dict[str, Callable]:
+        default_std, overrides, bias_value, bias_layers = INIT_SCHEMES[self.init_scheme]
+        bias = bias_value if name in bias_layers else 0.0
+        return dict(
+            kernel_init=nn.initializers.normal(stddev=overrides.get(name, default_std)),
+            bias_init=nn.initializers.constant(bias),
+        )
+
+    def _dropout(self, x: jax.Array, train: bool) -> jax.Array:
+        """Dropout whose mask depends only on (rng, global example, global neuron).
+
+        Drawing each example's full-width mask and keeping this device's slice costs a few
+        thousand random bits per example and makes every mesh shape drop the same neurons as a
+        single device, so sharded and unsharded training agree exactly.
+        """
+        if not train or self.dropout_rate == 0.0:
+            return x
+        rng = self.make_rng("dropout")
+        local_batch, local_width = x.shape
+        offset = lax.axis_index(self.data_axis) * local_batch if self.data_axis else 0
+        keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(offset + jnp.arange(local_batch))
+        full_width = local_width * self._model_size()
+        keep = jax.vmap(lambda key: jax.random.bernoulli(key, 1.0 - self.dropout_rate, (full_width,)))(keys)
+        if self._model_size() > 1:
+            start = lax.axis_index(self.model_axis) * local_width
+            keep = lax.dynamic_slice_in_dim(keep, start, local_width, axis=1)
+        return jnp.where(keep, x / (1.0 - self.dropout_rate), jnp.zeros_like(x))
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+        if self.variant not in ARCHITECTURES:
+            raise ValueError(f"variant must be one of {sorted(ARCHITECTURES)}, got {self.variant!r}")
+        if self.init_scheme not in INIT_SCHEMES:
+            raise ValueError(f"init must be one of {sorted(INIT_SCHEMES)}, got {self.init_scheme!r}")
+        arch = ARCHITECTURES[self.variant]
+        model_size = self._model_size()
+        if arch.towers % model_size:
+            raise ValueError(
+                f"the {self.variant!r} variant has {arch.towers} tower(s); it cannot be split over "
+                f"{model_size} devices on the model axis"
+            )
+        towers_here = arch.towers // model_size
+        x = images
+        for layer in arch.convs:
+            if layer.tower_input == BOTH_TOWERS:
+                x = self._gather_towers(x)
+            if layer.padding is None:
+                padding = (
+                    convnet_padding(x.shape[1], layer.kernel, layer.stride),
+                    convnet_padding(x.shape[2], layer.kernel, layer.stride),
+                )
+            else:
+                padding = ((layer.padding, layer.padding),) * 2
+            x = _Conv(
+                features=layer.features // model_size,
+                kernel_size=layer.kernel,
+                stride=layer.stride,
+                padding=padding,
+                groups=towers_here if layer.tower_input == OWN_TOWER else 1,
+                grouped_conv=self.grouped_conv,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=layer.name,
+                **self._init_fns(layer.name),
+            )(x)
+            x = nn.relu(x)
+            self.sow("intermediates", f"{layer.name}_out", x)
+            if layer.lrn and self.lrn:
+                x = local_response_norm(
+                    x, towers_here, k=self.lrn_k, n=self.lrn_n, alpha=self.lrn_alpha, beta=self.lrn_beta
+                )
+            if layer.pool:
+                if min(x.shape[1:3]) < POOL_WINDOW:
+                    raise ValueError(
+                        f"input {images.shape[1]}x{images.shape[2]} is too small: {layer.name} gives "
+                        f"{x.shape[1]}x{x.shape[2]} maps, fewer than the {POOL_WINDOW}x{POOL_WINDOW} pool"
+                    )
+                x = max_pool(x)
+                self.sow("intermediates", "pool" + layer.name[-1], x)
+
+        # fc6, fc7 and fc8 all see both towers (HWC flatten order; see weights.py for CHW).
+        x = x.reshape(x.shape[0], -1)
+        for name, width in (("fc6", arch.hidden), ("fc7", arch.hidden), ("fc8", self.num_classes)):
+            x = self._gather_towers(x)
+            if width % model_size:
+                raise ValueError(f"{name} width {width} does not split over {model_size} towers")
+            x = _Dense(
+                features=width // model_size,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=name,
+                **self._init_fns(name),
+            )(x)
+            if name != "fc8":
+                x = self._dropout(nn.relu(x), train)
+            self.sow("intermediates", f"{name}_out", x)
+        return self._gather_towers(x).astype(jnp.float32)
+
+
+def init_params(model: AlexNet, rng: jax.Array, image_size: int) -> dict:
+    """The canonical parameter tree, initialised as `model.init` specifies (section 5)."""
+    dummy = jnp.zeros((1, image_size, image_size, 3), model.dtype)
+    return jax.jit(lambda key: model.init({"params": key}, dummy)["params"])(rng)
+
+
+def param_shapes(model: AlexNet, image_size: int) -> dict:
+    """`init_params`' tree of `jax.ShapeDtypeStruct`, without allocating anything."""
+    return jax.eval_shape(lambda: init_params(model, jax.random.key(0), image_size))
+
+
+def count_params(tree: Any) -> int:
+    """Number of scalars in a parameter tree (of arrays or shape structs)."""
+    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree))

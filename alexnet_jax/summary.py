@@ -1,0 +1,182 @@
+"""The layer table: shapes, neurons, parameters, multiply-adds and cross-tower traffic per layer.
+
+    python -m alexnet_jax.summary --config=configs/paper.py [--json]
+
+Shapes and parameter counts come from the Flax module itself (`jax.eval_shape`, nothing is
+allocated); the paper's own figures are printed beside them, with its conv1 slip flagged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+from ml_collections import config_flags
+
+from alexnet_jax import model as model_lib
+
+# Figure 2's neuron counts and PAPER.md's parameter table for the 224-input paper network.
+PAPER_NEURONS = {
+    "conv1": 253_440,
+    "conv2": 186_624,
+    "conv3": 64_896,
+    "conv4": 64_896,
+    "conv5": 43_264,
+    "fc6": 4096,
+    "fc7": 4096,
+    "fc8": 1000,
+}
+PAPER_PARAMS = {
+    "conv1": 34_944,
+    "conv2": 307_456,
+    "conv3": 885_120,
+    "conv4": 663_936,
+    "conv5": 442_624,
+    "fc6": 37_752_832,
+    "fc7": 16_781_312,
+    "fc8": 4_097_000,
+}
+PAPER_TOTAL_PARAMS = 60_965_224
+
+
+def layer_table(model: model_lib.AlexNet, image_size: int) -> dict:
+    """Per-layer figures of `model` for one `image_size` x `image_size` image.
+
+    `sent_bytes` is what each tower sends the other per image in the forward pass when the towers
+    are on two devices (the backward pass returns the same amount as gradients); layers that use
+    only their own tower's maps send nothing.
+    """
+    images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+
+    def forward(x):
+        params = model_lib.init_params(model, jax.random.key(0), image_size)
+        return params, model.apply({"params": params}, x, mutable=["intermediates"])[1]
+
+    params, state = jax.eval_shape(forward, images)
+    acts = {name: value[0].shape[1:] for name, value in state["intermediates"].items()}
+    itemsize = jnp.dtype(model.dtype).itemsize
+    arch = model_lib.ARCHITECTURES[model.variant]
+    tower_input = {conv.name: conv.tower_input for conv in arch.convs}
+    # What each layer reads: the previous layer's pooled (or raw) output.
+    inputs = {"conv1": (image_size, image_size, 3)}
+    previous = "conv1"
+    for name in model_lib.LAYER_NAMES[1:]:
+        inputs[name] = acts.get("pool" + previous[-1], acts[f"{previous}_out"])
+        previous = name
+
+    rows = []
+    for name in model_lib.LAYER_NAMES:
+        kernel = params[name]["kernel"].shape
+        out_shape = acts[f"{name}_out"]
+        n_params = model_lib.count_params(params[name])
+        if len(kernel) == 4:
+            macs = math.prod(out_shape) * kernel[0] * kernel[1] * kernel[2]
+        else:
+            macs = kernel[0] * kernel[1]
+        cross = tower_input.get(name, model_lib.BOTH_TOWERS) == model_lib.BOTH_TOWERS
+        sent = math.prod(inputs[name]) * itemsize // 2 if cross and arch.towers == 2 else 0
+        rows.append(
+            dict(
+                name=name,
+                output_shape=list(out_shape),
+                neurons=math.prod(out_shape),
+                params=n_params,
+                macs=macs,
+                sent_bytes=sent,
+                paper_neurons=PAPER_NEURONS[name],
+                paper_params=PAPER_PARAMS[name],
+            )
+        )
+    if arch.towers == 2:
+        # The towers' halves of fc8 are gathered into the full logits.
+        rows[-1]["sent_bytes"] += model.num_classes // 2 * 4
+    return dict(
+        variant=model.variant,
+        image_size=image_size,
+        layers=rows,
+        total_params=sum(r["params"] for r in rows),
+        total_macs=sum(r["macs"] for r in rows),
+        total_neurons=sum(r["neurons"] for r in rows),
+        total_sent_bytes=sum(r["sent_bytes"] for r in rows),
+    )
+
+
+def format_table(table: dict) -> str:
+    """Human-readable layer table with the paper's figures and notes on where they differ."""
+    compare = table["variant"] == "paper" and table["image_size"] in (224, 227)
+    header = f"{'layer':6} {'output':>13} {'neurons':>10} {'params':>11} {'MACs/img':>13} {'sent B/img':>11}"
+    if compare:
+        header += f" {'paper neurons':>14} {'paper params':>13}"
+    lines = [f"AlexNet ({table['variant']}), {table['image_size']}x{table['image_size']} input", header]
+    notes = []
+    for row in table["layers"]:
+        shape = "x".join(map(str, row["output_shape"]))
+        line = (
+            f"{row['name']:6} {shape:>13} {row['neurons']:>10,} {row['params']:>11,} "
+            f"{row['macs']:>13,} {row['sent_bytes']:>11,}"
+        )
+        if compare:
+            flag = " " if row["neurons"] == row["paper_neurons"] else "*"
+            line += f" {row['paper_neurons']:>13,}{flag} {row['paper_params']:>13,}"
+            if flag == "*":
+                notes.append(
+                    f"* {row['name']}: the paper prints {row['paper_neurons']:,} neurons; "
+                    f"{shape} = {row['neurons']:,}. "
+                    + (
+                        "253,440 = 55 x 48 x 96, a slip in Figure 2."
+                        if row["name"] == "conv1"
+                        else "the shapes above are the module's."
+                    )
+                )
+            if row["params"] != row["paper_params"]:
+                notes.append(f"! {row['name']}: {row['params']:,} parameters, the paper's table has {row['paper_params']:,}")
+        lines.append(line)
+    total = f"{'total':6} {'':>13} {table['total_neurons']:>10,} {table['total_params']:>11,} {table['total_macs']:>13,} {table['total_sent_bytes']:>11,}"
+    if compare:
+        total += f" {'':>14} {PAPER_TOTAL_PARAMS:>13,}"
+    lines.append(total)
+    lines.append(
+        "sent B/img: bytes each tower sends the other per image, forward pass, with the towers on "
+        "two devices (--config.parallel.model=2); the backward pass sends as much back."
+    )
+    return "\n".join(lines + notes)
+
+
+def model_from_config(model_config) -> model_lib.AlexNet:
+    """The module that a config's `model` section describes."""
+    return model_lib.AlexNet(
+        num_classes=model_config.num_classes,
+        variant=model_config.variant,
+        lrn=model_config.lrn,
+        dropout_rate=model_config.dropout_rate,
+        init_scheme=model_config.init_scheme,
+        dtype=jnp.dtype(model_config.dtype),
+        grouped_conv=model_config.grouped_conv,
+        lrn_k=model_config.lrn_k,
+        lrn_n=model_config.lrn_n,
+        lrn_alpha=model_config.lrn_alpha,
+        lrn_beta=model_config.lrn_beta,
+    )
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/paper.py", "Config file (configs/*.py).")
+_JSON = flags.DEFINE_bool("json", False, "Print the table as JSON instead of text.")
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    table = layer_table(model_from_config(config.model), config.model.image_size)
+    if _JSON.value:
+        json.dump(table, sys.stdout, indent=1)
+        print()
+    else:
+        print(format_table(table))
+
+
+if __name__ == "__main__":
+    app.run(main)
