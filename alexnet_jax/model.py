@@ -369,3 +369,20 @@ def param_shapes(model: AlexNet, image_size: int) -> dict:
 def count_params(tree: Any) -> int:
     """Number of scalars in a parameter tree (of arrays or shape structs)."""
     return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def from_config(model_config) -> AlexNet:
+    """The module that a config's `model` section describes."""
+    return AlexNet(
+        num_classes=model_config.num_classes,
+        variant=model_config.variant,
+        lrn=model_config.lrn,
+        dropout_rate=model_config.dropout_rate,
+        init_scheme=model_config.init_scheme,
+        dtype=jnp.dtype(model_config.dtype),
+        grouped_conv=model_config.grouped_conv,
+        lrn_k=model_config.lrn_k,
+        lrn_n=model_config.lrn_n,
+        lrn_alpha=model_config.lrn_alpha,
+        lrn_beta=model_config.lrn_beta,
+    )

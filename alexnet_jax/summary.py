@@ -146,23 +146,6 @@ def format_table(table: dict) -> str:
     return "\n".join(lines + notes)
 
 
-def model_from_config(model_config) -> model_lib.AlexNet:
-    """The module that a config's `model` section describes."""
-    return model_lib.AlexNet(
-        num_classes=model_config.num_classes,
-        variant=model_config.variant,
-        lrn=model_config.lrn,
-        dropout_rate=model_config.dropout_rate,
-        init_scheme=model_config.init_scheme,
-        dtype=jnp.dtype(model_config.dtype),
-        grouped_conv=model_config.grouped_conv,
-        lrn_k=model_config.lrn_k,
-        lrn_n=model_config.lrn_n,
-        lrn_alpha=model_config.lrn_alpha,
-        lrn_beta=model_config.lrn_beta,
-    )
-
-
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/paper.py", "Config file (configs/*.py).")
 _JSON = flags.DEFINE_bool("json", False, "Print the table as JSON instead of text.")
 
@@ -170,7 +153,7 @@ _JSON = flags.DEFINE_bool("json", False, "Print the table as JSON instead of tex
 def main(argv):
     del argv
     config = _CONFIG.value
-    table = layer_table(model_from_config(config.model), config.model.image_size)
+    table = layer_table(model_lib.from_config(config.model), config.model.image_size)
     if _JSON.value:
         json.dump(table, sys.stdout, indent=1)
         print()

@@ -38,7 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
     data.random_flip = True  # Horizontal reflections with probability 1/2 (sec. 4.1).
     data.pca_lighting_std = 0.1  # Sigma of the PCA colour alphas (sec. 4.1); 0 disables.
     data.subtract_mean = True  # Subtract the training-set mean image (sec. 2).
-    data.shuffle_buffer = 16_384  # Examples held for shuffling (per host).
+    data.fake_train_size = 1024  # source="fake": random training images,
+    data.fake_eval_size = 256  # ... evaluation images,
+    data.fake_num_classes = 1000  # ... and classes.
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.batch_size = 128  # Global batch (sec. 5).

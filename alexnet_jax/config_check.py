@@ -1,0 +1,62 @@
+"""Start-up checks of a config, with errors that name the field and the values it accepts."""
+
+from __future__ import annotations
+
+from alexnet_jax import model as model_lib
+
+_CHOICES = {
+    "model.variant": tuple(model_lib.ARCHITECTURES),
+    "model.init_scheme": tuple(model_lib.INIT_SCHEMES),
+    "model.dtype": ("float32", "bfloat16"),
+    "model.grouped_conv": ("split", "feature_group"),
+    "data.source": ("tfds", "folder", "digits", "fake"),
+    "schedule.kind": ("plateau", "step", "cosine", "constant"),
+    "parallel.model": (1, 2),
+}
+_POSITIVE = (
+    "model.num_classes",
+    "optim.batch_size",
+    "optim.learning_rate",
+    "eval.batch_size",
+    "train.num_epochs",
+    "train.keep_checkpoints",
+    "train.eval_every_epochs",
+)
+_NON_NEGATIVE = ("optim.momentum", "optim.weight_decay", "data.pca_lighting_std", "model.dropout_rate")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the field."""
+
+
+def _get(config, dotted: str):
+    value = config
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def check(config) -> None:
+    """Raises ConfigError on the first field that cannot work."""
+    for field, choices in _CHOICES.items():
+        if _get(config, field) not in choices:
+            raise ConfigError(f"{field}={_get(config, field)!r} is not one of {', '.join(map(repr, choices))}")
+    for field in _POSITIVE:
+        if not _get(config, field) > 0:
+            raise ConfigError(f"{field}={_get(config, field)!r} must be positive")
+    for field in _NON_NEGATIVE:
+        if _get(config, field) < 0:
+            raise ConfigError(f"{field}={_get(config, field)!r} must not be negative")
+    if not 0 <= config.model.dropout_rate < 1:
+        raise ConfigError(f"model.dropout_rate={config.model.dropout_rate} must be in [0, 1)")
+    if config.model.image_size > config.data.resize_size:
+        raise ConfigError(
+            f"model.image_size={config.model.image_size} is larger than data.resize_size={config.data.resize_size}: "
+            "crops are cut from the resized image"
+        )
+    if config.model.image_size < 64:
+        raise ConfigError(f"model.image_size={config.model.image_size} is below 64, the smallest that reaches pool5")
+    if config.parallel.model == 2 and config.model.variant != "paper":
+        raise ConfigError("parallel.model=2 splits the paper's two towers; model.variant='torchvision' has one")
+    if config.parallel.model == 2 and config.model.num_classes % 2:
+        raise ConfigError(f"parallel.model=2 splits fc8 in halves: model.num_classes={config.model.num_classes} must be even")

@@ -1,0 +1,203 @@
+"""Datasets and the tf.data pipelines that feed the training and evaluation steps.
+
+Every source is random-access: a number of examples, their labels, and `load(index)` giving the
+image at the "resize" size (256 x 256 for ImageNet, section 2). The pipeline then draws the order
+from (seed, epoch) and each example's augmentation from (seed, epoch, position), which makes a run
+repeatable, lets it resume at any step, and gives each host a disjoint slice of every batch.
+
+Sources (config `data.source`):
+  digits  scikit-learn's 1,797 handwritten digits (8 x 8, 10 classes), shipped with the package:
+          the embedded default, no download. Every 5th image is held out for evaluation.
+  fake    random images and labels of the configured shapes, for benchmarks and smoke tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterator
+
+import jax
+import numpy as np
+import tensorflow as tf
+
+from alexnet_jax import preprocess
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One split: `load(index)` -> float32 (S, S, 3) image in [0, 255] at the resize size S."""
+
+    labels: np.ndarray
+    load: Callable[[tf.Tensor], tf.Tensor]
+
+    @property
+    def size(self) -> int:
+        return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """A dataset ready for training: both splits and the statistics the paper subtracts and adds."""
+
+    train: Source
+    eval: Source
+    num_classes: int
+    class_names: tuple[str, ...]
+    mean: np.ndarray  # mean image (S, S, 3) or mean pixel (3,), 0-255 scale
+    pca_scale: np.ndarray  # std of the pixels along each principal RGB axis (3,), 0-255 scale
+    pca_axes: np.ndarray  # the principal axes (covariance eigenvectors) as columns (3, 3)
+
+
+def rgb_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean image, and the principal axes of the RGB pixel covariance, of (N, S, S, 3) images.
+
+    Returns (mean image, std along each axis = sqrt(eigenvalue), axes as columns), largest first.
+    """
+    images = images.astype(np.float64)
+    mean_image = images.mean(axis=0)
+    eigval, eigvec = np.linalg.eigh(np.cov(images.reshape(-1, 3), rowvar=False))
+    order = np.argsort(eigval)[::-1]
+    scale = np.sqrt(eigval[order].clip(0))
+    return mean_image.astype(np.float32), scale.astype(np.float32), eigvec[:, order].astype(np.float32)
+
+
+def _in_memory(images: np.ndarray, labels: np.ndarray) -> Source:
+    table = tf.constant(images)
+    return Source(labels=labels.astype(np.int32), load=lambda i: tf.cast(tf.gather(table, i), tf.float32))
+
+
+def _resize_all(images: np.ndarray, size: int) -> np.ndarray:
+    """(N, h, w, 3) uint8 -> (N, size, size, 3) uint8 by the paper's shorter-side rule."""
+    resized = tf.map_fn(
+        lambda im: preprocess.resize_shorter_and_center_crop(tf.cast(im, tf.float32), size),
+        tf.constant(images),
+        fn_output_signature=tf.float32,
+    )
+    return np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)
+
+
+def _from_arrays(images: np.ndarray, labels: np.ndarray, held_out: np.ndarray, class_names, size: int) -> Data:
+    images = _resize_all(images, size)
+    mean, pca_scale, pca_axes = rgb_statistics(images[~held_out])
+    return Data(
+        train=_in_memory(images[~held_out], labels[~held_out]),
+        eval=_in_memory(images[held_out], labels[held_out]),
+        num_classes=len(class_names),
+        class_names=tuple(class_names),
+        mean=mean,
+        pca_scale=pca_scale,
+        pca_axes=pca_axes,
+    )
+
+
+def load_digits(size: int) -> Data:
+    """scikit-learn's handwritten digits as 3-channel images in [0, 255], every 5th held out."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    digits = sklearn_digits()
+    gray = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    images = np.repeat(gray[..., None], 3, axis=-1)
+    held_out = np.arange(len(images)) % 5 == 0
+    return _from_arrays(images, digits.target, held_out, [str(d) for d in range(10)], size)
+
+
+def load_fake(config, size: int) -> Data:
+    """Random images and labels with the configured sizes (config.data.fake_*)."""
+    rng = np.random.default_rng(0)
+    n_train, n_eval, classes = config.fake_train_size, config.fake_eval_size, config.fake_num_classes
+    images = rng.integers(0, 256, (n_train + n_eval, size, size, 3), dtype=np.uint8)
+    labels = rng.integers(0, classes, n_train + n_eval)
+    held_out = np.arange(n_train + n_eval) >= n_train
+    return _from_arrays(images, labels, held_out, [f"class_{i}" for i in range(classes)], size)
+
+
+def create_data(data_config, num_classes: int) -> Data:
+    """The dataset that `data_config` names, with a clear error for what is missing or wrong."""
+    size = data_config.resize_size
+    if data_config.source == "digits":
+        data = load_digits(size)
+    elif data_config.source == "fake":
+        data = load_fake(data_config, size)
+    else:
+        from alexnet_jax import datasets
+
+        data = datasets.load(data_config)
+    if data.num_classes != num_classes:
+        raise ValueError(
+            f"data source {data_config.source!r} has {data.num_classes} classes but model.num_classes={num_classes}; "
+            f"set --config.model.num_classes={data.num_classes}"
+        )
+    return data
+
+
+def _normalise(data: Data, image: tf.Tensor, subtract_mean: bool) -> tf.Tensor:
+    return image - tf.constant(data.mean) if subtract_mean else image
+
+
+def train_batches(
+    data: Data, data_config, *, crop: int, global_batch: int, start_step: int, seed: int
+) -> Iterator[dict]:
+    """Endless training batches (this host's slice) from step `start_step` on.
+
+    The order of epoch e is a permutation drawn from (seed, e); the last partial batch of an epoch
+    is dropped, as each epoch is a fresh permutation. Each image is mean-subtracted, cropped,
+    flipped and colour-shifted with keys from (seed, epoch * N + position), so the batch at a given
+    step is the same however the run got there.
+    """
+    n = data.train.size
+    steps_per_epoch = n // global_batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"optim.batch_size={global_batch} is larger than the {n} training examples")
+    hosts, host = jax.process_count(), jax.process_index()
+    local = global_batch // hosts
+    labels = tf.constant(data.train.labels)
+
+    def example(index, position):
+        key = tf.stack([tf.constant(seed, tf.int64), position])
+        crop_key, light_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+        image = _normalise(data, data.train.load(index), data_config.subtract_mean)
+        if data_config.random_crop:
+            image = preprocess.random_crop_and_flip(image, crop, crop_key, flip=data_config.random_flip)
+        else:
+            image = preprocess.center_crop(image, crop)
+        if data_config.pca_lighting_std > 0:
+            image = preprocess.pca_lighting(
+                image, data.pca_scale, data.pca_axes, data_config.pca_lighting_std, light_key
+            )
+        return {"images": image, "labels": tf.gather(labels, index)}
+
+    step = start_step
+    while True:
+        epoch, first = divmod(step, steps_per_epoch)
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+        positions = np.arange(first * global_batch, steps_per_epoch * global_batch)
+        positions = positions.reshape(-1, hosts, local)[:, host].reshape(-1)
+        ds = tf.data.Dataset.from_tensor_slices((order[positions], epoch * n + positions))
+        ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        for batch in ds.as_numpy_iterator():
+            yield batch
+            step += 1
+
+
+def eval_batches(data: Data, data_config, *, crop: int, global_batch: int, ten_crop: bool) -> Iterator[dict]:
+    """Every evaluation example once (this host's slice), the last batch padded and masked.
+
+    Images are (B, crops, crop, crop, 3): the centre crop, or section 4.1's ten patches.
+    """
+    n = data.eval.size
+    hosts, host = jax.process_count(), jax.process_index()
+    local = global_batch // hosts
+    padded = -(-n // global_batch) * global_batch
+    positions = np.arange(padded).reshape(-1, hosts, local)[:, host].reshape(-1)
+    labels = tf.constant(data.eval.labels)
+
+    def example(position):
+        real = position < n
+        index = tf.where(real, position, 0)
+        image = _normalise(data, data.eval.load(index), data_config.subtract_mean)
+        crops = preprocess.ten_crops(image, crop) if ten_crop else preprocess.center_crop(image, crop)[None]
+        return {"images": crops, "labels": tf.gather(labels, index), "mask": tf.cast(real, tf.float32)}
+
+    ds = tf.data.Dataset.from_tensor_slices(positions).map(example, num_parallel_calls=tf.data.AUTOTUNE)
+    yield from ds.batch(local).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()

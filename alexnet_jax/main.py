@@ -1,0 +1,74 @@
+"""Command line: train or evaluate AlexNet as a config says.
+
+    python -m alexnet_jax.main --config=configs/paper.py --workdir=DIR [--mode=train|eval]
+        [--config.optim.learning_rate=0.02 ...]
+
+`--workdir` holds checkpoints, metrics (JSON lines, TensorBoard) and the resolved config. Running
+the same command again resumes from the newest checkpoint in it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging as std_logging
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/paper.py.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the resolved config.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes if possible) or eval (best checkpoint).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class UserError(Exception):
+    """A mistake in the command line, config or data: reported in one line, exit code 2."""
+
+
+def _run(config, workdir: str, mode: str) -> dict:
+    from alexnet_jax import config_check, parallel
+
+    try:
+        config_check.check(config)
+    except config_check.ConfigError as error:
+        raise UserError(f"config: {error}") from None
+    parallel.initialize_distributed(config.parallel.distributed)
+    from alexnet_jax import train
+
+    if mode == "train":
+        import jax
+
+        if jax.process_index() == 0:
+            os.makedirs(workdir, exist_ok=True)
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                f.write(config.to_json_best_effort(indent=1))
+        return train.train_and_evaluate(config, workdir)
+    return train.evaluate_checkpoint(config, workdir)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    # Our progress lines at INFO; libraries (Orbax logs every save at INFO) at WARNING.
+    ours = std_logging.getLogger("alexnet_jax")
+    if not ours.handlers:
+        handler = std_logging.StreamHandler(sys.stderr)
+        handler.setFormatter(std_logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        ours.addHandler(handler)
+    ours.setLevel(std_logging.DEBUG if logging.get_verbosity() >= 1 else std_logging.INFO)
+    ours.propagate = False
+    if logging.get_verbosity() < 1:
+        logging.set_verbosity(logging.WARNING)
+    try:
+        result = _run(_CONFIG.value, _WORKDIR.value, _MODE.value)
+    except (UserError, ValueError, FileNotFoundError) as error:
+        logging.debug("traceback of the error below", exc_info=True)
+        print(f"error: {error}  (--verbosity=1 shows the traceback)", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    app.run(main)

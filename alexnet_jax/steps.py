@@ -1,0 +1,198 @@
+"""The pure, jitted training and evaluation steps, written once for every mesh shape.
+
+Both run the model inside `shard_map` over the ('data', 'model') mesh: parameters and optimiser
+state split on `model` (one tower per device when it is 2), the batch split on `data`. A (1, 1)
+mesh is the single-device case of the same code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from alexnet_jax import model as model_lib
+from alexnet_jax import parallel
+from alexnet_jax.parallel import DATA, MODEL
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a training step reads and writes; the whole of it is checkpointed."""
+
+    step: jax.Array  # int32 scalar: optimiser steps taken.
+    params: Any  # canonical tree, split on `model`.
+    opt_state: Any  # paper_sgd velocity, same layout as params.
+    learning_rate: jax.Array  # float32 scalar, set by the schedule between steps.
+
+
+def state_specs(state: TrainState) -> TrainState:
+    """PartitionSpecs for every field of a TrainState."""
+    return TrainState(
+        step=P(),
+        params=parallel.param_specs(state.params),
+        opt_state=parallel.param_specs(state.opt_state),
+        learning_rate=P(),
+    )
+
+
+def create_train_state(
+    model: model_lib.AlexNet,
+    optimizer: optax.GradientTransformationExtraArgs,
+    mesh: Mesh,
+    rng: jax.Array,
+    image_size: int,
+    learning_rate: float,
+) -> TrainState:
+    """A fresh state, created directly in its sharded layout (no full copy on one device first)."""
+
+    def create():
+        params = model_lib.init_params(model, rng, image_size)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=optimizer.init(params),
+            learning_rate=jnp.asarray(learning_rate, jnp.float32),
+        )
+
+    specs = state_specs(jax.eval_shape(create))
+    shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
+    return jax.jit(create, out_shardings=shardings)()
+
+
+def state_shardings(state: TrainState, mesh: Mesh) -> TrainState:
+    """NamedShardings of `state` (arrays or shape structs) on `mesh`."""
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), state_specs(state))
+
+
+def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def _local_gradients(tower_model, model_size, params, images, labels, rng):
+    """Loss, logits and gradients of one device's shard, gradients already summed over `data`."""
+    global_batch = images.shape[0] * lax.axis_size(DATA)
+
+    def loss_fn(p):
+        logits = tower_model.apply({"params": p}, images, train=True, rngs={"dropout": rng})
+        return _cross_entropy(logits, labels).sum() / global_batch, logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    # Every parameter reaches the loss through the final all-gather of the towers' logits; its
+    # transpose sums the `model_size` identical copies of d(loss)/d(logits) that the towers
+    # computed, hence the division. Replicas on `data` add up their slices of the batch.
+    grads = jax.tree.map(lambda g: lax.psum(g, DATA) / model_size, grads)
+    return lax.psum(loss, DATA), logits, grads
+
+
+def make_grad_fn(model: model_lib.AlexNet, mesh: Mesh) -> Callable:
+    """`grad_fn(params, batch, rng) -> (loss, logits, grads)` on `mesh`, training mode.
+
+    The same computation as inside `train_step`, exposed to compare layouts with one another.
+    """
+    tower_model = model.clone(model_axis=MODEL, data_axis=DATA)
+
+    def grad_fn(params, batch, rng):
+        specs = parallel.param_specs(params)
+        return jax.shard_map(
+            lambda p, x, y, r: _local_gradients(tower_model, mesh.shape[MODEL], p, x, y, r),
+            mesh=mesh,
+            in_specs=(specs, parallel.batch_spec(), parallel.batch_spec(), P()),
+            out_specs=(P(), parallel.batch_spec(), specs),
+            check_vma=False,
+        )(params, batch["images"], batch["labels"], rng)
+
+    return jax.jit(grad_fn)
+
+
+def make_train_step(
+    model: model_lib.AlexNet, optimizer: optax.GradientTransformationExtraArgs, mesh: Mesh
+) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
+    """`train_step(state, batch, rng) -> (state, metrics)`, jitted, state donated.
+
+    `batch` holds global arrays `images` (N, H, W, 3) and `labels` (N,) split on `data`; `rng` is
+    the run's root key: the step's dropout key is `fold_in(rng, state.step)`, so a resumed run
+    draws the same masks as an uninterrupted one.
+    """
+    tower_model = model.clone(model_axis=MODEL, data_axis=DATA)
+    model_size = mesh.shape[MODEL]
+
+    def local_step(params, opt_state, learning_rate, images, labels, rng):
+        loss, logits, grads = _local_gradients(tower_model, model_size, params, images, labels, rng)
+        updates, opt_state = optimizer.update(grads, opt_state, params, learning_rate=learning_rate)
+        params = optax.apply_updates(params, updates)
+        correct = lax.psum(jnp.sum(jnp.argmax(logits, -1) == labels), DATA)
+        # Each device holds one tower's share of the gradient; the towers' squares add up.
+        squares = sum(jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(grads))
+        metrics = {
+            "loss": loss,
+            "accuracy": correct / (labels.shape[0] * lax.axis_size(DATA)),
+            "grad_norm": jnp.sqrt(lax.psum(squares, MODEL)),
+        }
+        return params, opt_state, metrics
+
+    def train_step(state: TrainState, batch: dict, rng: jax.Array):
+        specs = state_specs(state)
+        sharded = jax.shard_map(
+            local_step,
+            mesh=mesh,
+            in_specs=(specs.params, specs.opt_state, P(), parallel.batch_spec(), parallel.batch_spec(), P()),
+            out_specs=(specs.params, specs.opt_state, P()),
+            check_vma=False,
+        )
+        params, opt_state, metrics = sharded(
+            state.params,
+            state.opt_state,
+            state.learning_rate,
+            batch["images"],
+            batch["labels"],
+            jax.random.fold_in(rng, state.step),
+        )
+        metrics["learning_rate"] = state.learning_rate
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return jax.jit(train_step, donate_argnums=(0,))
+
+
+def make_eval_step(model: model_lib.AlexNet, mesh: Mesh) -> Callable[[Any, dict], dict]:
+    """`eval_step(params, batch) -> sums` of top-1/top-5 correct, loss and counted examples.
+
+    `batch["images"]` is (N, crops, H, W, 3): the softmax is averaged over the crops (1 for the
+    centre crop, 10 for the paper's 4 corners + centre and their reflections). `batch["mask"]` is
+    1 for real examples and 0 for the padding of a last, partial batch, which counts for nothing.
+    """
+    tower_model = model.clone(model_axis=MODEL, data_axis=DATA)
+
+    def local_eval(params, images, labels, mask):
+        n, crops = images.shape[:2]
+        logits = tower_model.apply({"params": params}, images.reshape(n * crops, *images.shape[2:]))
+        probs = jax.nn.softmax(logits).reshape(n, crops, -1).mean(axis=1)
+        k = min(5, probs.shape[-1])
+        top_k = lax.top_k(probs, k)[1]
+        hit_1 = top_k[:, 0] == labels
+        hit_5 = jnp.any(top_k == labels[:, None], axis=-1)
+        nll = -jnp.log(jnp.take_along_axis(probs, labels[:, None], axis=-1)[:, 0] + 1e-12)
+        sums = {
+            "top1_correct": jnp.sum(hit_1 * mask),
+            "top5_correct": jnp.sum(hit_5 * mask),
+            "loss_sum": jnp.sum(nll * mask),
+            "count": jnp.sum(mask),
+        }
+        return jax.tree.map(lambda v: lax.psum(v, DATA), sums)
+
+    def eval_step(params, batch):
+        return jax.shard_map(
+            local_eval,
+            mesh=mesh,
+            in_specs=(parallel.param_specs(params), parallel.batch_spec(), parallel.batch_spec(), parallel.batch_spec()),
+            out_specs=P(),
+            check_vma=False,
+        )(params, batch["images"], batch["labels"], batch["mask"])
+
+    return jax.jit(eval_step)
