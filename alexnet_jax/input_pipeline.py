@@ -8,7 +8,8 @@ repeatable, lets it resume at any step, and gives each host a disjoint slice of 
 Sources (config `data.source`):
   digits  scikit-learn's 1,797 handwritten digits (8 x 8, 10 classes), shipped with the package:
           the embedded default, no download. Every 5th image is held out for evaluation.
-  fake    random images and labels of the configured shapes, for benchmarks and smoke tests.
+  fake    random images of the configured shapes, each class tinted its own colour so that a
+          network can learn it: for benchmarks and smoke tests.
 """
 
 from __future__ import annotations
@@ -25,14 +26,10 @@ from alexnet_jax import preprocess
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """One split: `load(index)` -> float32 (S, S, 3) image in [0, 255] at the resize size S."""
+    """One split: `load(index)` -> (float32 (S, S, 3) image in [0, 255] at the resize size S, label)."""
 
-    labels: np.ndarray
-    load: Callable[[tf.Tensor], tf.Tensor]
-
-    @property
-    def size(self) -> int:
-        return len(self.labels)
+    size: int
+    load: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +59,10 @@ def rgb_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 def _in_memory(images: np.ndarray, labels: np.ndarray) -> Source:
-    table = tf.constant(images)
-    return Source(labels=labels.astype(np.int32), load=lambda i: tf.cast(tf.gather(table, i), tf.float32))
+    image_table, label_table = tf.constant(images), tf.constant(labels.astype(np.int32))
+    return Source(
+        size=len(labels), load=lambda i: (tf.cast(tf.gather(image_table, i), tf.float32), tf.gather(label_table, i))
+    )
 
 
 def _resize_all(images: np.ndarray, size: int) -> np.ndarray:
@@ -102,11 +101,13 @@ def load_digits(size: int) -> Data:
 
 
 def load_fake(config, size: int) -> Data:
-    """Random images and labels with the configured sizes (config.data.fake_*)."""
+    """Noise images with a per-class colour tint, sizes from config.data.fake_*; learnable."""
     rng = np.random.default_rng(0)
     n_train, n_eval, classes = config.fake_train_size, config.fake_eval_size, config.fake_num_classes
-    images = rng.integers(0, 256, (n_train + n_eval, size, size, 3), dtype=np.uint8)
     labels = rng.integers(0, classes, n_train + n_eval)
+    tints = rng.uniform(64, 192, (classes, 3))
+    noise = rng.normal(0, 40, (n_train + n_eval, size, size, 3))
+    images = np.clip(tints[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
     held_out = np.arange(n_train + n_eval) >= n_train
     return _from_arrays(images, labels, held_out, [f"class_{i}" for i in range(classes)], size)
 
@@ -150,12 +151,12 @@ def train_batches(
         raise ValueError(f"optim.batch_size={global_batch} is larger than the {n} training examples")
     hosts, host = jax.process_count(), jax.process_index()
     local = global_batch // hosts
-    labels = tf.constant(data.train.labels)
 
     def example(index, position):
         key = tf.stack([tf.constant(seed, tf.int64), position])
         crop_key, light_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
-        image = _normalise(data, data.train.load(index), data_config.subtract_mean)
+        image, label = data.train.load(index)
+        image = _normalise(data, image, data_config.subtract_mean)
         if data_config.random_crop:
             image = preprocess.random_crop_and_flip(image, crop, crop_key, flip=data_config.random_flip)
         else:
@@ -164,7 +165,7 @@ def train_batches(
             image = preprocess.pca_lighting(
                 image, data.pca_scale, data.pca_axes, data_config.pca_lighting_std, light_key
             )
-        return {"images": image, "labels": tf.gather(labels, index)}
+        return {"images": image, "labels": label}
 
     step = start_step
     while True:
@@ -190,14 +191,13 @@ def eval_batches(data: Data, data_config, *, crop: int, global_batch: int, ten_c
     local = global_batch // hosts
     padded = -(-n // global_batch) * global_batch
     positions = np.arange(padded).reshape(-1, hosts, local)[:, host].reshape(-1)
-    labels = tf.constant(data.eval.labels)
 
     def example(position):
         real = position < n
-        index = tf.where(real, position, 0)
-        image = _normalise(data, data.eval.load(index), data_config.subtract_mean)
+        image, label = data.eval.load(tf.where(real, position, 0))
+        image = _normalise(data, image, data_config.subtract_mean)
         crops = preprocess.ten_crops(image, crop) if ten_crop else preprocess.center_crop(image, crop)[None]
-        return {"images": crops, "labels": tf.gather(labels, index), "mask": tf.cast(real, tf.float32)}
+        return {"images": crops, "labels": label, "mask": tf.cast(real, tf.float32)}
 
     ds = tf.data.Dataset.from_tensor_slices(positions).map(example, num_parallel_calls=tf.data.AUTOTUNE)
     yield from ds.batch(local).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()

@@ -27,6 +27,38 @@ class UserError(Exception):
     """A mistake in the command line, config or data: reported in one line, exit code 2."""
 
 
+def unknown_override(config, argv: list[str]) -> str | None:
+    """The message for the first `--config.a.b=v` whose field `config` lacks, else None."""
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        path = arg[len("--config.") :].split("=", 1)[0].split(".")
+        node, walked = config, []
+        for part in path:
+            if not hasattr(node, "keys") or part not in node:
+                where = ".".join(walked) or "the config"
+                valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "none (not a group)"
+                return f"unknown config field {'.'.join(walked + [part])!r}; fields of {where}: {valid}"
+            node, walked = node[part], walked + [part]
+    return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a one-line error for an override of a field that does not exist."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as error:
+        message = str(error)
+        config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+        if config_path:
+            import runpy
+
+            config = runpy.run_path(config_path)["get_config"]()
+            message = unknown_override(config, argv) or message
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def _run(config, workdir: str, mode: str) -> dict:
     from alexnet_jax import config_check, parallel
 
@@ -71,4 +103,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,146 @@
+"""Sources on disk: tensorflow-datasets builds (ImageNet and others) and folders of image files.
+
+  tfds    `data.name` as built by tensorflow-datasets in `data.data_dir`, in the array_record file
+          format (random access; `tfds build NAME --file_format=array_record`). ImageNet needs its
+          tar files first: see the README, "ImageNet".
+  folder  `data.data_dir/{train,val}/<class>/*.{jpg,jpeg,png,bmp,gif}`, class names from the
+          directories, no build step.
+
+Images are decoded and rescaled to the resize size on the fly. Statistics (mean, PCA of RGB) are
+ImageNet's published figures unless the dataset directory holds its own (`stats.npz`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from alexnet_jax import input_pipeline, preprocess
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+STATS_FILE = "stats.npz"
+
+IMAGENET_HELP = (
+    "ImageNet cannot be downloaded automatically. Download ILSVRC2012_img_train.tar and "
+    "ILSVRC2012_img_val.tar from https://image-net.org, put them in {manual_dir}, then run "
+    "`tfds build imagenet2012 --data_dir={data_dir} --manual_dir={manual_dir} --file_format=array_record` "
+    "(README, 'ImageNet')."
+)
+
+
+def _statistics(directory: str, resize: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    path = os.path.join(directory, STATS_FILE)
+    if os.path.exists(path):
+        with np.load(path) as stats:
+            return stats["mean"], stats["pca_scale"], stats["pca_axes"]
+    return preprocess.IMAGENET_MEAN_RGB, preprocess.IMAGENET_PCA_SCALE, preprocess.IMAGENET_PCA_AXES
+
+
+def _decode(encoded: tf.Tensor, resize: int) -> tf.Tensor:
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    return preprocess.resize_shorter_and_center_crop(tf.cast(image, tf.float32), resize)
+
+
+def _files_source(paths: list[str], labels: list[int], resize: int) -> input_pipeline.Source:
+    path_table = tf.constant(paths)
+    label_table = tf.constant(np.asarray(labels, np.int32))
+    return input_pipeline.Source(
+        size=len(paths),
+        load=lambda i: (_decode(tf.io.read_file(tf.gather(path_table, i)), resize), tf.gather(label_table, i)),
+    )
+
+
+def _list_split(root: str, split: str, classes: list[str]) -> tuple[list[str], list[int]]:
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        directory = os.path.join(root, split, name)
+        if not os.path.isdir(directory):
+            continue
+        for file in sorted(os.listdir(directory)):
+            if file.lower().endswith(IMAGE_EXTENSIONS):
+                paths.append(os.path.join(directory, file))
+                labels.append(label)
+    if not paths:
+        raise FileNotFoundError(f"no images in {os.path.join(root, split)}/<class>/ (extensions {', '.join(IMAGE_EXTENSIONS)})")
+    return paths, labels
+
+
+def load_folder(data_config) -> input_pipeline.Data:
+    """`root/train/<class>/*` and `root/val/<class>/*` (class names from `train`)."""
+    root = data_config.data_dir
+    train_dir = os.path.join(root, data_config.train_split)
+    eval_split = data_config.eval_split
+    if eval_split == "validation" and not os.path.isdir(os.path.join(root, eval_split)):
+        eval_split = "val"  # the tfds name is the config default; folders usually say val
+    if not root or not os.path.isdir(train_dir):
+        raise FileNotFoundError(
+            f"image folder {root!r} has no {data_config.train_split}/ directory: expected "
+            f"{root or 'DIR'}/{data_config.train_split}/<class>/*.jpg and {root or 'DIR'}/{eval_split}/<class>/*.jpg; "
+            "set --config.data.data_dir=DIR"
+        )
+    classes = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
+    resize = data_config.resize_size
+    train = _files_source(*_list_split(root, data_config.train_split, classes), resize)
+    evaluation = _files_source(*_list_split(root, eval_split, classes), resize)
+    mean, scale, axes = _statistics(root, resize)
+    return input_pipeline.Data(train, evaluation, len(classes), tuple(classes), mean, scale, axes)
+
+
+def _tfds_source(name: str, split: str, data_dir: str | None, resize: int) -> input_pipeline.Source:
+    import tensorflow_datasets as tfds
+
+    records = tfds.data_source(
+        name, split=split, data_dir=data_dir, download=False, decoders={"image": tfds.decode.SkipDecoding()}
+    )
+
+    def read(index):
+        record = records[int(index)]
+        return record["image"], np.int32(record["label"])
+
+    def load(index):
+        encoded, label = tf.numpy_function(read, [index], (tf.string, tf.int32), stateful=False)
+        return _decode(tf.reshape(encoded, []), resize), tf.reshape(label, [])
+
+    return input_pipeline.Source(size=len(records), load=load)
+
+
+def load_tfds(data_config) -> input_pipeline.Data:
+    """A tensorflow-datasets build, read by random access; a clear message if it is not built."""
+    import tensorflow_datasets as tfds
+
+    data_dir = data_config.data_dir or None
+    try:
+        builder = tfds.builder(data_config.name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise FileNotFoundError(f"data.name={data_config.name!r} is not a tensorflow-datasets dataset") from None
+    if not builder.is_prepared():
+        manual_dir = os.path.join(os.path.dirname(os.path.dirname(builder.data_dir)), "downloads", "manual")
+        hint = (
+            IMAGENET_HELP.format(manual_dir=manual_dir, data_dir=os.path.dirname(os.path.dirname(builder.data_dir)))
+            if data_config.name.startswith("imagenet")
+            else f"build it first: `tfds build {data_config.name} --file_format=array_record`"
+        )
+        raise FileNotFoundError(f"dataset {data_config.name!r} is not prepared in {builder.data_dir}. {hint}")
+    file_format = str(builder.info.file_format)
+    if "array_record" not in file_format:
+        raise ValueError(
+            f"{data_config.name!r} in {builder.data_dir} is stored as {file_format}; training reads examples by "
+            f"index and needs array_record: rebuild with `tfds build {data_config.name} --file_format=array_record`"
+        )
+    resize = data_config.resize_size
+    train = _tfds_source(data_config.name, data_config.train_split, data_dir, resize)
+    evaluation = _tfds_source(data_config.name, data_config.eval_split, data_dir, resize)
+    label = builder.info.features["label"]
+    mean, scale, axes = _statistics(builder.data_dir, resize)
+    return input_pipeline.Data(train, evaluation, label.num_classes, tuple(label.names), mean, scale, axes)
+
+
+def load(data_config) -> input_pipeline.Data:
+    """The on-disk source that `data_config.source` names."""
+    if data_config.source == "folder":
+        return load_folder(data_config)
+    if data_config.source == "tfds":
+        return load_tfds(data_config)
+    raise ValueError(f"data.source={data_config.source!r} is not one of 'tfds', 'folder', 'digits', 'fake'")
