@@ -47,6 +47,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a one-line error for an override of a field that does not exist."""
     try:
         return flags.FLAGS(argv)
+    except flags.Error as error:  # a value of the wrong type, a missing --workdir
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     except (AttributeError, KeyError) as error:
         message = str(error)
         config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
@@ -99,7 +102,10 @@ def main(argv):
         logging.debug("traceback of the error below", exc_info=True)
         print(f"error: {error}  (--verbosity=1 shows the traceback)", file=sys.stderr)
         sys.exit(2)
-    print(json.dumps(result, indent=1))
+    import jax
+
+    if jax.process_index() == 0:
+        print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Two processes over jax.distributed on 127.0.0.1 train exactly as one process does."""
 
+import json
 import os
 import socket
 import subprocess
@@ -50,3 +51,19 @@ def test_two_processes_agree_with_one(tmp_path):
     for path, leaf in jax.tree_util.tree_leaves_with_path(jax.device_get(state.params)):
         theirs = result[jax.tree_util.keystr(path)]
         assert np.abs(theirs - leaf).max() <= 1e-5 * np.abs(leaf).max(), jax.tree_util.keystr(path)
+
+
+def test_local_launch_script_trains_and_resumes_across_processes(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHON"] = sys.executable
+    command = [os.path.join(ROOT, "launch", "local_cpu.sh"), "2", "2", str(tmp_path), "--config.parallel.model=2",
+               "--config.eval.ten_crop=False"]  # fmt: skip
+    first = subprocess.run(command + ["--config.train.num_epochs=1"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    # One result, from process 0 (gloo prints its own lines on stdout too).
+    assert first.stdout.count('"count"') == 1
+    assert json.loads(first.stdout[first.stdout.index("{\n") :])["count"] == 40
+    second = subprocess.run(command + ["--config.train.num_epochs=2"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from step 8" in second.stderr
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())[-1] == 16
