@@ -14,8 +14,12 @@ import logging as std_logging
 import os
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from alexnet_jax import config_check, parallel
+from alexnet_jax import train as train_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/paper.py.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the resolved config.")
@@ -63,24 +67,18 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def _run(config, workdir: str, mode: str) -> dict:
-    from alexnet_jax import config_check, parallel
-
     try:
         config_check.check(config)
     except config_check.ConfigError as error:
         raise UserError(f"config: {error}") from None
     parallel.initialize_distributed(config.parallel.distributed)
-    from alexnet_jax import train
-
     if mode == "train":
-        import jax
-
         if jax.process_index() == 0:
             os.makedirs(workdir, exist_ok=True)
             with open(os.path.join(workdir, "config.json"), "w") as f:
                 f.write(config.to_json_best_effort(indent=1))
-        return train.train_and_evaluate(config, workdir)
-    return train.evaluate_checkpoint(config, workdir)
+        return train_lib.train_and_evaluate(config, workdir)
+    return train_lib.evaluate_checkpoint(config, workdir)
 
 
 def main(argv):
@@ -102,8 +100,9 @@ def main(argv):
         logging.debug("traceback of the error below", exc_info=True)
         print(f"error: {error}  (--verbosity=1 shows the traceback)", file=sys.stderr)
         sys.exit(2)
-    import jax
-
+    except train_lib.NonFiniteError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(3)
     if jax.process_index() == 0:
         print(json.dumps(result, indent=1))
 

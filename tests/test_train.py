@@ -51,6 +51,18 @@ def test_two_tower_data_parallel_training_path(tmp_path):
     assert np.isfinite(result["loss"])
 
 
+def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tmp_path):
+    config = smoke.get_config()
+    config.parallel.data = 1
+    config.optim.learning_rate = 1e12
+    config.train.checkpoint_every_steps = 1
+    with pytest.raises(train.NonFiniteError, match="last good checkpoint"):
+        train.train_and_evaluate(config, str(tmp_path))
+    step, state = restore_params(str(tmp_path))
+    assert step >= 1
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree_util.tree_leaves(state))
+
+
 def run_cli(workdir, *overrides, wait=True):
     command = [
         sys.executable, "-m", "alexnet_jax.main", "--config=configs/smoke.py", f"--workdir={workdir}",
