@@ -6,21 +6,29 @@
   folder  `data.data_dir/{train,val}/<class>/*.{jpg,jpeg,png,bmp,gif}`, class names from the
           directories, no build step.
 
-Images are decoded and rescaled to the resize size on the fly. Statistics (mean, PCA of RGB) are
-ImageNet's published figures unless the dataset directory holds its own (`stats.npz`).
+Images are decoded and rescaled to the resize size on the fly: with PIL, which turns grayscale,
+CMYK, palette and alpha images into RGB and lets a corrupt, truncated or non-image file be left out
+and counted rather than stop the run. A folder written by `python -m alexnet_jax.prepare --copy_to`
+(marked by `prepared.json`) holds valid 256 x 256 RGB JPEGs only and is decoded by TensorFlow's
+faster JPEG decoder. Statistics (mean, PCA of RGB) are ImageNet's published figures unless the
+dataset directory holds its own (`stats.npz`, also written by `prepare`).
 """
 
 from __future__ import annotations
 
+import io
+import json
 import os
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from alexnet_jax import input_pipeline, preprocess
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 STATS_FILE = "stats.npz"
+PREPARED_FILE = "prepared.json"
 
 IMAGENET_HELP = (
     "ImageNet cannot be downloaded automatically. Download ILSVRC2012_img_train.tar and "
@@ -38,18 +46,56 @@ def _statistics(directory: str, resize: int) -> tuple[np.ndarray, np.ndarray, np
     return preprocess.IMAGENET_MEAN_RGB, preprocess.IMAGENET_PCA_SCALE, preprocess.IMAGENET_PCA_AXES
 
 
-def _decode(encoded: tf.Tensor, resize: int) -> tf.Tensor:
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    return preprocess.resize_shorter_and_center_crop(tf.cast(image, tf.float32), resize)
+def decode_rgb(encoded: bytes) -> np.ndarray:
+    """Any image file PIL reads -> (H, W, 3) uint8 RGB. Raises on a corrupt or non-image file."""
+    with Image.open(io.BytesIO(encoded)) as image:
+        image.load()
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            # Transparent pixels over white, not over whatever colour their RGB happens to hold.
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+        return np.asarray(image.convert("RGB"))
 
 
-def _files_source(paths: list[str], labels: list[int], resize: int) -> input_pipeline.Source:
-    path_table = tf.constant(paths)
-    label_table = tf.constant(np.asarray(labels, np.int32))
-    return input_pipeline.Source(
-        size=len(paths),
-        load=lambda i: (_decode(tf.io.read_file(tf.gather(path_table, i)), resize), tf.gather(label_table, i)),
-    )
+def _robust_source(size: int, read, resize: int, unreadable: input_pipeline.UnreadableFiles):
+    """A source of raw image files: `read(index) -> (name, encoded bytes, label)`, decoded by PIL;
+    a file that fails is counted in `unreadable` and flagged, never raised."""
+
+    def decode(index):
+        name, encoded, label = read(int(index))
+        try:
+            return decode_rgb(encoded), np.int32(label), True
+        except Exception:  # PIL raises many types for bad files; any of them means "skip it"
+            unreadable.add(name)
+            return np.zeros((resize, resize, 3), np.uint8), np.int32(label), False
+
+    def load(index):
+        image, label, ok = tf.numpy_function(decode, [index], (tf.uint8, tf.int32, tf.bool), stateful=False)
+        image = tf.ensure_shape(image, [None, None, 3])
+        resized = preprocess.resize_shorter_and_center_crop(tf.cast(image, tf.float32), resize)
+        return resized, tf.reshape(label, []), tf.reshape(ok, [])
+
+    return input_pipeline.Source(size=size, load=load, may_fail=True)
+
+
+def _files_source(paths, labels, resize, unreadable, prepared: bool) -> input_pipeline.Source:
+    if prepared:
+        path_table = tf.constant(paths)
+        label_table = tf.constant(np.asarray(labels, np.int32))
+
+        def load(i):
+            image = tf.io.decode_jpeg(tf.io.read_file(tf.gather(path_table, i)), channels=3)
+            image = tf.ensure_shape(image, [resize, resize, 3])
+            return tf.cast(image, tf.float32), tf.gather(label_table, i), tf.constant(True)
+
+        return input_pipeline.Source(size=len(paths), load=load)
+
+    def read(index):
+        with open(paths[index], "rb") as f:
+            return paths[index], f.read(), labels[index]
+
+    return _robust_source(len(paths), read, resize, unreadable)
 
 
 def _list_split(root: str, split: str, classes: list[str]) -> tuple[list[str], list[int]]:
@@ -82,28 +128,35 @@ def load_folder(data_config) -> input_pipeline.Data:
         )
     classes = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
     resize = data_config.resize_size
-    train = _files_source(*_list_split(root, data_config.train_split, classes), resize)
-    evaluation = _files_source(*_list_split(root, eval_split, classes), resize)
+    prepared = _prepared_size(root)
+    if prepared is not None and prepared != resize:
+        raise ValueError(f"{root} was prepared at {prepared} x {prepared}; set --config.data.resize_size={prepared}")
+    unreadable = input_pipeline.UnreadableFiles()
+    splits = [_list_split(root, split, classes) for split in (data_config.train_split, eval_split)]
+    train, evaluation = (_files_source(*s, resize, unreadable, prepared is not None) for s in splits)
     mean, scale, axes = _statistics(root, resize)
-    return input_pipeline.Data(train, evaluation, len(classes), tuple(classes), mean, scale, axes)
+    return input_pipeline.Data(train, evaluation, len(classes), tuple(classes), mean, scale, axes, unreadable)
 
 
-def _tfds_source(name: str, split: str, data_dir: str | None, resize: int) -> input_pipeline.Source:
+def _prepared_size(root: str) -> int | None:
+    path = os.path.join(root, PREPARED_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return int(json.load(f)["resize_size"])
+
+
+def _tfds_source(name, split, data_dir, resize, unreadable) -> input_pipeline.Source:
     import tensorflow_datasets as tfds
 
     records = tfds.data_source(
         name, split=split, data_dir=data_dir, download=False, decoders={"image": tfds.decode.SkipDecoding()}
     )
-
     def read(index):
-        record = records[int(index)]
-        return record["image"], np.int32(record["label"])
+        record = records[index]
+        return f"{name}/{split}[{index}]", record["image"], record["label"]
 
-    def load(index):
-        encoded, label = tf.numpy_function(read, [index], (tf.string, tf.int32), stateful=False)
-        return _decode(tf.reshape(encoded, []), resize), tf.reshape(label, [])
-
-    return input_pipeline.Source(size=len(records), load=load)
+    return _robust_source(len(records), read, resize, unreadable)
 
 
 def load_tfds(data_config) -> input_pipeline.Data:
@@ -129,12 +182,14 @@ def load_tfds(data_config) -> input_pipeline.Data:
             f"{data_config.name!r} in {builder.data_dir} is stored as {file_format}; training reads examples by "
             f"index and needs array_record: rebuild with `tfds build {data_config.name} --file_format=array_record`"
         )
-    resize = data_config.resize_size
-    train = _tfds_source(data_config.name, data_config.train_split, data_dir, resize)
-    evaluation = _tfds_source(data_config.name, data_config.eval_split, data_dir, resize)
+    resize, unreadable = data_config.resize_size, input_pipeline.UnreadableFiles()
+    train, evaluation = (
+        _tfds_source(data_config.name, split, data_dir, resize, unreadable)
+        for split in (data_config.train_split, data_config.eval_split)
+    )
     label = builder.info.features["label"]
     mean, scale, axes = _statistics(builder.data_dir, resize)
-    return input_pipeline.Data(train, evaluation, label.num_classes, tuple(label.names), mean, scale, axes)
+    return input_pipeline.Data(train, evaluation, label.num_classes, tuple(label.names), mean, scale, axes, unreadable)
 
 
 def load(data_config) -> input_pipeline.Data:

@@ -20,7 +20,8 @@ def evaluate(
 ) -> dict:
     """Error rates over every example of `data.eval` (no example dropped: the last batch is masked).
 
-    Returns top1_error, top5_error, loss and count (examples seen, which equals the split size).
+    Returns top1_error, top5_error, loss, count (examples evaluated) and unreadable (files of the
+    split that could not be decoded; count + unreadable is the split's size).
     """
     totals = {"top1_correct": 0.0, "top5_correct": 0.0, "loss_sum": 0.0, "count": 0.0}
     batches = input_pipeline.eval_batches(
@@ -30,12 +31,13 @@ def evaluate(
         sums = eval_step(params, parallel.host_batch_to_global(batch, mesh))
         for key, value in sums.items():
             totals[key] += float(np.asarray(value))
-    count = totals["count"]
-    if count != data.eval.size:
-        raise RuntimeError(f"evaluation saw {count:.0f} examples, the split has {data.eval.size}")
+    count = int(totals["count"])
+    if count == 0 or count > data.eval.size:
+        raise RuntimeError(f"evaluation counted {count} examples in a split of {data.eval.size}")
     return {
         "top1_error": 1.0 - totals["top1_correct"] / count,
         "top5_error": 1.0 - totals["top5_correct"] / count,
         "loss": totals["loss_sum"] / count,
-        "count": int(count),
+        "count": count,
+        "unreadable": data.eval.size - count,
     }

@@ -15,6 +15,7 @@ Sources (config `data.source`):
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Callable, Iterator
 
 import jax
@@ -26,10 +27,36 @@ from alexnet_jax import preprocess
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """One split: `load(index)` -> (float32 (S, S, 3) image in [0, 255] at the resize size S, label)."""
+    """One split: `load(index)` -> (float32 (S, S, 3) image in [0, 255] at resize size S, label, ok).
+
+    `ok` is False for a file that could not be decoded (the image is then zeros); `may_fail` says
+    whether that can happen at all, so that in-memory sources skip the filtering.
+    """
 
     size: int
-    load: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+    load: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor, tf.Tensor]]
+    may_fail: bool = False
+
+
+class UnreadableFiles:
+    """The distinct files that failed to decode, thread-safe (tf.data decodes from many threads)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._paths: dict[str, None] = {}  # insertion-ordered set
+
+    def add(self, path: str) -> None:
+        with self._lock:
+            self._paths[path] = None
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return len(self._paths)
+
+    def latest(self) -> str | None:
+        with self._lock:
+            return next(reversed(self._paths), None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +70,7 @@ class Data:
     mean: np.ndarray  # mean image (S, S, 3) or mean pixel (3,), 0-255 scale
     pca_scale: np.ndarray  # std of the pixels along each principal RGB axis (3,), 0-255 scale
     pca_axes: np.ndarray  # the principal axes (covariance eigenvectors) as columns (3, 3)
+    unreadable: UnreadableFiles = dataclasses.field(default_factory=UnreadableFiles)
 
 
 def rgb_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -61,7 +89,8 @@ def rgb_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
 def _in_memory(images: np.ndarray, labels: np.ndarray) -> Source:
     image_table, label_table = tf.constant(images), tf.constant(labels.astype(np.int32))
     return Source(
-        size=len(labels), load=lambda i: (tf.cast(tf.gather(image_table, i), tf.float32), tf.gather(label_table, i))
+        size=len(labels),
+        load=lambda i: (tf.cast(tf.gather(image_table, i), tf.float32), tf.gather(label_table, i), tf.constant(True)),
     )
 
 
@@ -143,7 +172,9 @@ def train_batches(
     The order of epoch e is a permutation drawn from (seed, e); the last partial batch of an epoch
     is dropped, as each epoch is a fresh permutation. Each image is mean-subtracted, cropped,
     flipped and colour-shifted with keys from (seed, epoch * N + position), so the batch at a given
-    step is the same however the run got there.
+    step is the same however the run got there. Unreadable files are left out (the source counts
+    them); an epoch with some then ends a few batches early, and batches after such a file can
+    differ between a resumed and an uninterrupted run.
     """
     n = data.train.size
     steps_per_epoch = n // global_batch
@@ -155,7 +186,7 @@ def train_batches(
     def example(index, position):
         key = tf.stack([tf.constant(seed, tf.int64), position])
         crop_key, light_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
-        image, label = data.train.load(index)
+        image, label, ok = data.train.load(index)
         image = _normalise(data, image, data_config.subtract_mean)
         if data_config.random_crop:
             image = preprocess.random_crop_and_flip(image, crop, crop_key, flip=data_config.random_flip)
@@ -165,26 +196,27 @@ def train_batches(
             image = preprocess.pca_lighting(
                 image, data.pca_scale, data.pca_axes, data_config.pca_lighting_std, light_key
             )
-        return {"images": image, "labels": label}
+        return {"images": image, "labels": label, "ok": ok}
 
-    step = start_step
+    epoch, first = divmod(start_step, steps_per_epoch)
     while True:
-        epoch, first = divmod(step, steps_per_epoch)
         order = np.random.default_rng([seed, epoch]).permutation(n)
         positions = np.arange(first * global_batch, steps_per_epoch * global_batch)
         positions = positions.reshape(-1, hosts, local)[:, host].reshape(-1)
         ds = tf.data.Dataset.from_tensor_slices((order[positions], epoch * n + positions))
         ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-        for batch in ds.as_numpy_iterator():
-            yield batch
-            step += 1
+        if data.train.may_fail:
+            ds = ds.filter(lambda e: e["ok"])
+        ds = ds.map(lambda e: {"images": e["images"], "labels": e["labels"]})
+        yield from ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+        epoch, first = epoch + 1, 0
 
 
 def eval_batches(data: Data, data_config, *, crop: int, global_batch: int, ten_crop: bool) -> Iterator[dict]:
     """Every evaluation example once (this host's slice), the last batch padded and masked.
 
-    Images are (B, crops, crop, crop, 3): the centre crop, or section 4.1's ten patches.
+    Images are (B, crops, crop, crop, 3): the centre crop, or section 4.1's ten patches. An
+    unreadable file is masked out like padding (and counted by its source).
     """
     n = data.eval.size
     hosts, host = jax.process_count(), jax.process_index()
@@ -194,10 +226,10 @@ def eval_batches(data: Data, data_config, *, crop: int, global_batch: int, ten_c
 
     def example(position):
         real = position < n
-        image, label = data.eval.load(tf.where(real, position, 0))
+        image, label, ok = data.eval.load(tf.where(real, position, 0))
         image = _normalise(data, image, data_config.subtract_mean)
         crops = preprocess.ten_crops(image, crop) if ten_crop else preprocess.center_crop(image, crop)[None]
-        return {"images": crops, "labels": label, "mask": tf.cast(real, tf.float32)}
+        return {"images": crops, "labels": label, "mask": tf.cast(real & ok, tf.float32)}
 
     ds = tf.data.Dataset.from_tensor_slices(positions).map(example, num_parallel_calls=tf.data.AUTOTUNE)
     yield from ds.batch(local).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()

@@ -194,6 +194,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         return {"plateau": dataclasses.asdict(plateau)}
 
     timer_start, timer_step = time.time(), start_step
+    reported_unreadable = 0
     try:
         for step in range(start_step + 1, total_steps + 1):
             rate = optim.scheduled_learning_rate(
@@ -216,7 +217,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 eta = (total_steps - step) * elapsed / max(step - timer_step, 1)
                 if jax.process_index() == 0:
                     log.info(progress_line(step, total_steps, metrics, speed, eta))
-                writer.write(step, "train", {**metrics, "images_per_second": speed})
+                    if data.unreadable.count > reported_unreadable:
+                        reported_unreadable = data.unreadable.count
+                        log.warning(
+                            "skipped %d unreadable image files so far (latest: %s)",
+                            reported_unreadable, data.unreadable.latest(),
+                        )
+                writer.write(
+                    step, "train", {**metrics, "images_per_second": speed, "unreadable_files": data.unreadable.count}
+                )
                 timer_start, timer_step = time.time(), step
             if due(step, eval_every, total_steps):
                 result = evaluate_lib.evaluate(eval_step, state.params, data, config, mesh, ten_crop=False)
