@@ -38,12 +38,27 @@ IMAGENET_HELP = (
 )
 
 
+def statistics_dir(data_config) -> str:
+    """Where `stats.npz` of a folder or tfds dataset lives (and `prepare` writes it)."""
+    if data_config.source == "folder":
+        return data_config.data_dir
+    import tensorflow_datasets as tfds
+
+    return str(tfds.builder(data_config.name, data_dir=data_config.data_dir or None).data_dir)
+
+
 def _statistics(directory: str, resize: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     path = os.path.join(directory, STATS_FILE)
-    if os.path.exists(path):
-        with np.load(path) as stats:
-            return stats["mean"], stats["pca_scale"], stats["pca_axes"]
-    return preprocess.IMAGENET_MEAN_RGB, preprocess.IMAGENET_PCA_SCALE, preprocess.IMAGENET_PCA_AXES
+    if not os.path.exists(path):
+        return preprocess.IMAGENET_MEAN_RGB, preprocess.IMAGENET_PCA_SCALE, preprocess.IMAGENET_PCA_AXES
+    with np.load(path) as stats:
+        mean, scale, axes = stats["mean"], stats["pca_scale"], stats["pca_axes"]
+    if mean.shape not in ((3,), (resize, resize, 3)):
+        raise ValueError(
+            f"{path} holds a {mean.shape[0]} x {mean.shape[1]} mean image but data.resize_size={resize}; "
+            "rerun `python -m alexnet_jax.prepare` with this resize size"
+        )
+    return mean, scale, axes
 
 
 def decode_rgb(encoded: bytes) -> np.ndarray:
@@ -167,16 +182,20 @@ def load_tfds(data_config) -> input_pipeline.Data:
     try:
         builder = tfds.builder(data_config.name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
-        raise FileNotFoundError(f"data.name={data_config.name!r} is not a tensorflow-datasets dataset") from None
+        raise FileNotFoundError(
+            f"data.name={data_config.name!r} is neither in the tensorflow-datasets catalog nor built in "
+            f"data.data_dir={data_config.data_dir or '~/tensorflow_datasets'}"
+        ) from None
     if not builder.is_prepared():
+        data_dir_flag = f" --data_dir={data_dir}" if data_dir else ""
         manual_dir = os.path.join(os.path.dirname(os.path.dirname(builder.data_dir)), "downloads", "manual")
         hint = (
             IMAGENET_HELP.format(manual_dir=manual_dir, data_dir=os.path.dirname(os.path.dirname(builder.data_dir)))
             if data_config.name.startswith("imagenet")
-            else f"build it first: `tfds build {data_config.name} --file_format=array_record`"
+            else f"Build it first: `tfds build {data_config.name}{data_dir_flag} --file_format=array_record`"
         )
         raise FileNotFoundError(f"dataset {data_config.name!r} is not prepared in {builder.data_dir}. {hint}")
-    file_format = str(builder.info.file_format)
+    file_format = str(getattr(builder.info.file_format, "value", builder.info.file_format))
     if "array_record" not in file_format:
         raise ValueError(
             f"{data_config.name!r} in {builder.data_dir} is stored as {file_format}; training reads examples by "

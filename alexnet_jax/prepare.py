@@ -1,0 +1,162 @@
+"""Once per dataset: the training-set statistics the paper uses, and its 256 x 256 copy (section 2).
+
+    python -m alexnet_jax.prepare --config=configs/paper.py [--copy_to=DIR] [--config.data.* ...]
+
+1. Streams the training split once (bounded memory, progress and ETA on the console) and writes
+   `stats.npz` beside the data (the image folder, or the tfds build's directory): the mean image
+   at the resize size, and the principal axes of the RGB pixel covariance with the standard
+   deviation along each, for PCA lighting. Training reads them from there.
+2. With `--copy_to=DIR`, also writes every readable image of both splits, rescaled and centre-
+   cropped to 256 x 256, as quality-90 JPEGs in `DIR/{train,val}/<class>/`, with the statistics and
+   a `prepared.json` marker. Train on it with `--config.data.source=folder --config.data.data_dir=DIR`:
+   small, valid JPEGs decode several times faster than the originals, as the paper's own copy did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+from ml_collections import config_flags
+
+from alexnet_jax import datasets, input_pipeline
+from alexnet_jax.train import format_duration
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file naming the dataset (data.*).")
+_COPY_TO = flags.DEFINE_string("copy_to", None, "Also write the 256 x 256 JPEG copy of both splits here.")
+_QUALITY = flags.DEFINE_integer("quality", 90, "JPEG quality of the copy.")
+_BATCH = 64  # images decoded per step of the streaming pass; bounds memory to ~50 MB at 256 x 256
+
+
+class Progress:
+    """A one-line progress report with rate and ETA, printed at most every `every` seconds."""
+
+    def __init__(self, what: str, total: int, every: float = 2.0):
+        self.what, self.total, self.every = what, total, every
+        self.start = self.last = time.time()
+
+    def update(self, done: int, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self.last < self.every:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        filled = int(20 * done / max(self.total, 1))
+        print(
+            f"{self.what}: {done:,}/{self.total:,} [{'#' * filled}{'.' * (20 - filled)}] "
+            f"{rate:,.0f} img/s ETA {format_duration((self.total - done) / max(rate, 1e-9))}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _images(source: input_pipeline.Source) -> tf.data.Dataset:
+    """Every readable image of a split, with its label, in order."""
+    ds = tf.data.Dataset.range(source.size).map(source.load, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.filter(_readable).map(_image_and_label)
+
+
+def _readable(*example) -> tf.Tensor:
+    return example[-1]
+
+
+def _image_and_label(image, label, ok):
+    del ok
+    return image, label
+
+
+def compute_statistics(source: input_pipeline.Source) -> dict:
+    """Mean image and RGB principal axes of a split, in one streaming pass (float64 sums)."""
+    progress = Progress("statistics", source.size)
+    image_sum, pixel_sum, outer_sum, count, pixels = None, np.zeros(3), np.zeros((3, 3)), 0, 0
+    for images, _ in _images(source).batch(_BATCH).prefetch(2).as_numpy_iterator():
+        batch = images.astype(np.float64)
+        image_sum = batch.sum(axis=0) if image_sum is None else image_sum + batch.sum(axis=0)
+        flat = batch.reshape(-1, 3)
+        pixel_sum += flat.sum(axis=0)
+        outer_sum += flat.T @ flat
+        count, pixels = count + len(batch), pixels + len(flat)
+        progress.update(count)
+    if count == 0:
+        raise ValueError("the training split has no readable images")
+    progress.update(count, force=True)
+    pixel_mean = pixel_sum / pixels
+    covariance = (outer_sum - pixels * np.outer(pixel_mean, pixel_mean)) / (pixels - 1)
+    eigval, eigvec = np.linalg.eigh(covariance)
+    order = np.argsort(eigval)[::-1]
+    return {
+        "mean": (image_sum / count).astype(np.float32),
+        "pca_scale": np.sqrt(eigval[order].clip(0)).astype(np.float32),
+        "pca_axes": eigvec[:, order].astype(np.float32),
+        "count": np.int64(count),
+    }
+
+
+def write_copy(data: input_pipeline.Data, directory: str, quality: int) -> dict:
+    """Both splits as `directory/{train,val}/<class>/<index>.jpg`; returns images written per split."""
+    written = {}
+    for split, source in (("train", data.train), ("val", data.eval)):
+        for name in data.class_names:
+            os.makedirs(os.path.join(directory, split, name.replace("/", "_")), exist_ok=True)
+        names = tf.constant([n.replace("/", "_") for n in data.class_names])
+        indexed = tf.data.Dataset.range(source.size).map(
+            lambda i: (i, *source.load(i)), num_parallel_calls=tf.data.AUTOTUNE
+        )
+
+        def write(index, image, label, ok):
+            path = tf.strings.join(
+                [directory, "/", split, "/", tf.gather(names, label), "/", tf.strings.as_string(index, width=8, fill="0"), ".jpg"]
+            )
+            encoded = tf.io.encode_jpeg(tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), quality=quality)
+            tf.io.write_file(path, encoded)
+            return index
+
+        ds = indexed.filter(_readable).map(write, num_parallel_calls=tf.data.AUTOTUNE)
+        progress = Progress(f"copy {split}", source.size)
+        count = 0
+        for _ in ds.prefetch(16).as_numpy_iterator():
+            count += 1
+            progress.update(count)
+        progress.update(count, force=True)
+        written[split] = count
+    return written
+
+
+def prepare(config, copy_to: str | None, quality: int) -> dict:
+    """Writes stats.npz beside the data (and the copy, if asked); returns what was done."""
+    data = input_pipeline.create_data(config.data, config.model.num_classes)
+    stats = compute_statistics(data.train)
+    report = {"statistics_images": int(stats["count"]), "pca_scale": stats["pca_scale"].tolist()}
+    if config.data.source in ("folder", "tfds"):
+        path = os.path.join(datasets.statistics_dir(config.data), datasets.STATS_FILE)
+        np.savez(path, **stats)
+        report["statistics"] = path
+    if copy_to:
+        report["copied"] = write_copy(data, copy_to, quality)
+        np.savez(os.path.join(copy_to, datasets.STATS_FILE), **stats)
+        with open(os.path.join(copy_to, datasets.PREPARED_FILE), "w") as f:
+            json.dump({"resize_size": config.data.resize_size, "quality": quality, **report["copied"]}, f)
+        report["copy"] = copy_to
+    report["unreadable_files"] = data.unreadable.count
+    return report
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        report = prepare(_CONFIG.value, _COPY_TO.value, _QUALITY.value)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("config")
+    app.run(main)

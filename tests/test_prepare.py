@@ -1,0 +1,37 @@
+"""`prepare`: streamed training-set statistics and the 256 x 256 copy."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alexnet_jax import datasets, input_pipeline, prepare
+from configs import smoke
+from tests.test_datasets import folder_config, write_image_folder
+
+
+def test_prepare_statistics_and_copy(tmp_path):
+    write_image_folder(tmp_path / "raw")
+    config = smoke.get_config()
+    config.data = folder_config(tmp_path / "raw", resize=32)
+    config.model.num_classes = 2
+    report = prepare.prepare(config, str(tmp_path / "copy"), quality=95)
+    assert report["statistics_images"] == 8 and report["unreadable_files"] == 8  # 4 broken per split
+    assert report["copied"] == {"train": 8, "val": 8}
+    # The streamed statistics equal the in-memory computation over the same decoded images.
+    data = datasets.load(config.data)
+    images = np.stack([data.train.load(tf.constant(i))[0].numpy() for i in range(data.train.size)
+                       if bool(data.train.load(tf.constant(i))[2])])  # fmt: skip
+    mean, scale, axes = input_pipeline.rgb_statistics(images)
+    with np.load(tmp_path / "raw" / "stats.npz") as stats:
+        np.testing.assert_allclose(stats["mean"], images.mean(axis=0), rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(stats["pca_scale"], np.sqrt(np.linalg.eigvalsh(np.cov(images.reshape(-1, 3), rowvar=False)))[::-1], rtol=1e-3)
+    # The copy is a prepared folder: fast path, nothing unreadable, the statistics travel with it.
+    copy_config = folder_config(tmp_path / "copy", resize=32)
+    copy = datasets.load(copy_config)
+    assert not copy.train.may_fail and copy.train.size == 8 and copy.class_names == ("cat", "dog")
+    np.testing.assert_allclose(copy.mean, np.load(tmp_path / "raw" / "stats.npz")["mean"])
+    batch = next(input_pipeline.train_batches(copy, copy_config, crop=24, global_batch=8, start_step=0, seed=0))
+    assert batch["images"].shape == (8, 24, 24, 3)
+    copy_config.resize_size = 64
+    with pytest.raises(ValueError, match="prepared at 32 x 32"):
+        datasets.load(copy_config)
