@@ -104,7 +104,13 @@ def _files_source(paths, labels, resize, unreadable, prepared: bool) -> input_pi
             image = tf.ensure_shape(image, [resize, resize, 3])
             return tf.cast(image, tf.float32), tf.gather(label_table, i), tf.constant(True)
 
-        return input_pipeline.Source(size=len(paths), load=load)
+        def load_window(i, top, left, side):
+            window = tf.stack([top, left, side, side])
+            image = tf.io.decode_and_crop_jpeg(tf.io.read_file(tf.gather(path_table, i)), window, channels=3)
+            image = tf.ensure_shape(image, [side, side, 3])
+            return tf.cast(image, tf.float32), tf.gather(label_table, i), tf.constant(True)
+
+        return input_pipeline.Source(size=len(paths), load=load, load_window=load_window)
 
     def read(index):
         with open(paths[index], "rb") as f:

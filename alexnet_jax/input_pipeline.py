@@ -36,6 +36,9 @@ class Source:
     size: int
     load: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor, tf.Tensor]]
     may_fail: bool = False
+    # Optional `load_window(index, top, left, side)`: the same as cropping `load`'s image, but
+    # cheaper (a JPEG decodes only that window).
+    load_window: Callable | None = None
 
 
 class UnreadableFiles:
@@ -169,6 +172,11 @@ def train_batches(
 ) -> Iterator[dict]:
     """Endless training batches (this host's slice) from step `start_step` on.
 
+    A batch holds uint8 `images` (B, crop, crop, 3), cropped and mirrored; int32 `labels`; each
+    image's `window` (top, left, mirrored) in the resized image; and its PCA `lighting` offset.
+    `steps.normalise_images` turns them into the network's input on the device: float, minus
+    the same window of the mean image, plus the offset (`normalise` below does it on the host).
+
     The order of epoch e is a permutation drawn from (seed, e); the last partial batch of an epoch
     is dropped, as each epoch is a fresh permutation. Each image is mean-subtracted, cropped,
     flipped and colour-shifted with keys from (seed, epoch * N + position), so the batch at a given
@@ -183,20 +191,30 @@ def train_batches(
     hosts, host = jax.process_count(), jax.process_index()
     local = global_batch // hosts
 
+    size = data_config.resize_size
+
     def example(index, position):
         key = tf.stack([tf.constant(seed, tf.int64), position])
         crop_key, light_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
-        image, label, ok = data.train.load(index)
-        image = _normalise(data, image, data_config.subtract_mean)
         if data_config.random_crop:
-            image = preprocess.random_crop_and_flip(image, crop, crop_key, flip=data_config.random_flip)
+            top, left, mirror = preprocess.random_window(size, crop, crop_key)
+            mirror = mirror & data_config.random_flip
         else:
-            image = preprocess.center_crop(image, crop)
+            top = left = tf.constant((size - crop) // 2)
+            mirror = tf.constant(False)
+        if data.train.load_window is not None:
+            image, label, ok = data.train.load_window(index, top, left, crop)
+        else:
+            image, label, ok = data.train.load(index)
+            image = image[top : top + crop, left : left + crop, :]
+        # Whole pixel values, as in the paper's stored 256 x 256 copy; uint8 is a quarter of the bytes.
+        image = preprocess.mirror_if(tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), mirror)
         if data_config.pca_lighting_std > 0:
-            image = preprocess.pca_lighting(
-                image, data.pca_scale, data.pca_axes, data_config.pca_lighting_std, light_key
-            )
-        return {"images": image, "labels": label, "ok": ok}
+            lighting = preprocess.pca_offset(data.pca_scale, data.pca_axes, data_config.pca_lighting_std, light_key)
+        else:
+            lighting = tf.zeros([3])
+        window = tf.stack([top, left, tf.cast(mirror, tf.int32)])
+        return {"images": image, "labels": label, "window": window, "lighting": lighting, "ok": ok}
 
     epoch, first = divmod(start_step, steps_per_epoch)
     while True:
@@ -207,9 +225,22 @@ def train_batches(
         ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if data.train.may_fail:
             ds = ds.filter(lambda e: e["ok"])
-        ds = ds.map(lambda e: {"images": e["images"], "labels": e["labels"]})
+        ds = ds.map(lambda e: {k: v for k, v in e.items() if k != "ok"})
         yield from ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
         epoch, first = epoch + 1, 0
+
+
+def normalise(batch: dict, mean: np.ndarray | None) -> np.ndarray:
+    """NumPy twin of `steps.normalise_images`: the float images a training batch stands for."""
+    images = batch["images"].astype(np.float32)
+    if mean is not None and mean.ndim == 3:
+        side = images.shape[1]
+        for i, (top, left, mirrored) in enumerate(batch["window"]):
+            patch = mean[top : top + side, left : left + side]
+            images[i] -= patch[:, ::-1] if mirrored else patch
+    elif mean is not None:
+        images -= mean
+    return images + batch["lighting"][:, None, None, :]
 
 
 def eval_batches(data: Data, data_config, *, crop: int, global_batch: int, ten_crop: bool) -> Iterator[dict]:

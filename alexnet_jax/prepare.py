@@ -27,9 +27,6 @@ from ml_collections import config_flags
 from alexnet_jax import datasets, input_pipeline
 from alexnet_jax.train import format_duration
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file naming the dataset (data.*).")
-_COPY_TO = flags.DEFINE_string("copy_to", None, "Also write the 256 x 256 JPEG copy of both splits here.")
-_QUALITY = flags.DEFINE_integer("quality", 90, "JPEG quality of the copy.")
 _BATCH = 64  # images decoded per step of the streaming pass; bounds memory to ~50 MB at 256 x 256
 
 
@@ -150,7 +147,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
-        report = prepare(_CONFIG.value, _COPY_TO.value, _QUALITY.value)
+        report = prepare(flags.FLAGS.config, flags.FLAGS.copy_to, flags.FLAGS.quality)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -158,5 +155,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # Defined here, not on import, so that importing this module defines no flags.
+    config_flags.DEFINE_config_file("config", None, "Config file naming the dataset (data.*).")
+    flags.DEFINE_string("copy_to", None, "Also write the 256 x 256 JPEG copy of both splits here.")
+    flags.DEFINE_integer("quality", 90, "JPEG quality of the copy.")
     flags.mark_flag_as_required("config")
     app.run(main)

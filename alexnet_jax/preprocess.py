@@ -34,31 +34,42 @@ def resize_shorter_and_center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
     return image[top : top + size, left : left + size, :]
 
 
-def random_crop_and_flip(image: tf.Tensor, crop: int, seed: tf.Tensor, flip: bool = True) -> tf.Tensor:
-    """Section 4.1: a uniformly random `crop` x `crop` patch, mirrored with probability 1/2."""
+def random_window(size: int | tf.Tensor, crop: int, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Section 4.1's patch: (top, left) uniform over all offsets, and a mirror flag with p = 1/2."""
     seeds = tf.random.experimental.stateless_split(seed, 3)
-    size = tf.shape(image)[0]
     top = tf.random.stateless_uniform([], seeds[0], 0, size - crop + 1, dtype=tf.int32)
     left = tf.random.stateless_uniform([], seeds[1], 0, size - crop + 1, dtype=tf.int32)
+    return top, left, tf.random.stateless_uniform([], seeds[2]) < 0.5
+
+
+def mirror_if(image: tf.Tensor, mirror: tf.Tensor) -> tf.Tensor:
+    """The horizontal reflection of an (H, W, C) image when `mirror` is true."""
+    return tf.cond(mirror, lambda: tf.reverse(image, axis=[1]), lambda: image)
+
+
+def random_crop_and_flip(image: tf.Tensor, crop: int, seed: tf.Tensor, flip: bool = True) -> tf.Tensor:
+    """A uniformly random `crop` x `crop` patch of a square image, mirrored with probability 1/2."""
+    top, left, mirror = random_window(tf.shape(image)[0], crop, seed)
     patch = image[top : top + crop, left : left + crop, :]
-    if flip:
-        mirror = tf.random.stateless_uniform([], seeds[2]) < 0.5
-        patch = tf.cond(mirror, lambda: tf.reverse(patch, axis=[1]), lambda: patch)
-    return patch
+    return mirror_if(patch, mirror) if flip else patch
 
 
-def pca_lighting(image: tf.Tensor, scale: np.ndarray, axes: np.ndarray, std: float, seed: tf.Tensor) -> tf.Tensor:
-    """Section 4.1: add `[p1 p2 p3] [a1 l1, a2 l2, a3 l3]^T`, a_i ~ N(0, std^2), to every pixel.
+def pca_offset(scale: np.ndarray, axes: np.ndarray, std: float, seed: tf.Tensor) -> tf.Tensor:
+    """Section 4.1's colour shift `[p1 p2 p3] [a1 l1, a2 l2, a3 l3]^T`, a_i ~ N(0, std^2): an RGB 3-vector.
 
     `axes` holds the eigenvectors p_i of the RGB pixel covariance as columns; `scale` holds l_i,
     read as every widely used implementation reads the paper: the square root of each eigenvalue,
     i.e. the standard deviation along that axis in pixel units. (Taken as variances, l_i would be in
     squared pixel units and shift a 0-255 image by about 1,400.) The offset's covariance is then
-    `std^2` times the pixel covariance. One draw per image per call, i.e. per use of the image.
+    `std^2` times the pixel covariance. One draw per image per use; it is added to every pixel.
     """
     alpha = tf.random.stateless_normal([3], seed, stddev=std)
-    offset = tf.linalg.matvec(tf.constant(axes, tf.float32), alpha * tf.constant(scale, tf.float32))
-    return image + offset
+    return tf.linalg.matvec(tf.constant(axes, tf.float32), alpha * tf.constant(scale, tf.float32))
+
+
+def pca_lighting(image: tf.Tensor, scale: np.ndarray, axes: np.ndarray, std: float, seed: tf.Tensor) -> tf.Tensor:
+    """`image` plus `pca_offset` on every pixel."""
+    return image + pca_offset(scale, axes, std, seed)
 
 
 def center_crop(image: tf.Tensor, crop: int) -> tf.Tensor:

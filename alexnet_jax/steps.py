@@ -12,6 +12,7 @@ from typing import Any, Callable
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 from jax.sharding import Mesh, NamedSharding
@@ -71,13 +72,39 @@ def state_shardings(state: TrainState, mesh: Mesh) -> TrainState:
     return jax.tree.map(lambda s: NamedSharding(mesh, s), state_specs(state))
 
 
+def normalise_images(batch: dict, mean: np.ndarray | None) -> jax.Array:
+    """Training images as the network takes them: float, mean-subtracted, colour-shifted.
+
+    The input pipeline sends uint8 crops (already mirrored) with each one's `window` (top, left,
+    mirrored) and PCA `lighting` offset (input_pipeline.py); the subtraction of the matching window
+    of the mean image (mirrored likewise) and the offset happen here, on the device, where they cost
+    nothing next to the convolutions and the host ships a quarter of the bytes. A batch of float
+    `images` alone (no `window`) is taken as already normalised.
+    """
+    images = batch["images"]
+    if "window" not in batch:
+        return images.astype(jnp.float32)
+    images = images.astype(jnp.float32)
+    if mean is not None and mean.ndim == 3:
+        side = images.shape[1]
+
+        def mean_window(window):
+            patch = lax.dynamic_slice(jnp.asarray(mean), (window[0], window[1], 0), (side, side, 3))
+            return jnp.where(window[2] > 0, patch[:, ::-1], patch)
+
+        images = images - jax.vmap(mean_window)(batch["window"])
+    elif mean is not None:
+        images = images - jnp.asarray(mean)
+    return images + batch["lighting"][:, None, None, :]
+
+
 def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
 def _local_gradients(tower_model, model_size, params, images, labels, rng):
     """Loss, logits and gradients of one device's shard, gradients already summed over `data`."""
-    global_batch = images.shape[0] * lax.axis_size(DATA)
+    global_batch = labels.shape[0] * lax.axis_size(DATA)
 
     def loss_fn(p):
         logits = tower_model.apply({"params": p}, images, train=True, rngs={"dropout": rng})
@@ -91,39 +118,49 @@ def _local_gradients(tower_model, model_size, params, images, labels, rng):
     return lax.psum(loss, DATA), logits, grads
 
 
-def make_grad_fn(model: model_lib.AlexNet, mesh: Mesh) -> Callable:
+def make_grad_fn(model: model_lib.AlexNet, mesh: Mesh, mean: np.ndarray | None = None) -> Callable:
     """`grad_fn(params, batch, rng) -> (loss, logits, grads)` on `mesh`, training mode.
 
     The same computation as inside `train_step`, exposed to compare layouts with one another.
     """
     tower_model = model.clone(model_axis=MODEL, data_axis=DATA)
 
+    def local(params, batch, rng):
+        images = normalise_images(batch, mean)
+        return _local_gradients(tower_model, mesh.shape[MODEL], params, images, batch["labels"], rng)
+
     def grad_fn(params, batch, rng):
         specs = parallel.param_specs(params)
         return jax.shard_map(
-            lambda p, x, y, r: _local_gradients(tower_model, mesh.shape[MODEL], p, x, y, r),
+            local,
             mesh=mesh,
-            in_specs=(specs, parallel.batch_spec(), parallel.batch_spec(), P()),
+            in_specs=(specs, parallel.batch_spec(), P()),
             out_specs=(P(), parallel.batch_spec(), specs),
             check_vma=False,
-        )(params, batch["images"], batch["labels"], rng)
+        )(params, batch, rng)
 
     return jax.jit(grad_fn)
 
 
 def make_train_step(
-    model: model_lib.AlexNet, optimizer: optax.GradientTransformationExtraArgs, mesh: Mesh
+    model: model_lib.AlexNet,
+    optimizer: optax.GradientTransformationExtraArgs,
+    mesh: Mesh,
+    mean: np.ndarray | None = None,
 ) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
     """`train_step(state, batch, rng) -> (state, metrics)`, jitted, state donated.
 
-    `batch` holds global arrays `images` (N, H, W, 3) and `labels` (N,) split on `data`; `rng` is
-    the run's root key: the step's dropout key is `fold_in(rng, state.step)`, so a resumed run
-    draws the same masks as an uninterrupted one.
+    `batch` holds global arrays split on `data`: `images` (N, H, W, 3) and `labels` (N,), and, from
+    the input pipeline, `window` and `lighting` (see `normalise_images`, which subtracts `mean`);
+    `rng` is the run's root key: the step's dropout key is `fold_in(rng, state.step)`, so a resumed
+    run draws the same masks as an uninterrupted one.
     """
     tower_model = model.clone(model_axis=MODEL, data_axis=DATA)
     model_size = mesh.shape[MODEL]
 
-    def local_step(params, opt_state, learning_rate, images, labels, rng):
+    def local_step(params, opt_state, learning_rate, batch, rng):
+        labels = batch["labels"]
+        images = normalise_images(batch, mean)
         loss, logits, grads = _local_gradients(tower_model, model_size, params, images, labels, rng)
         updates, opt_state = optimizer.update(grads, opt_state, params, learning_rate=learning_rate)
         params = optax.apply_updates(params, updates)
@@ -142,7 +179,7 @@ def make_train_step(
         sharded = jax.shard_map(
             local_step,
             mesh=mesh,
-            in_specs=(specs.params, specs.opt_state, P(), parallel.batch_spec(), parallel.batch_spec(), P()),
+            in_specs=(specs.params, specs.opt_state, P(), parallel.batch_spec(), P()),
             out_specs=(specs.params, specs.opt_state, P()),
             check_vma=False,
         )
@@ -150,8 +187,7 @@ def make_train_step(
             state.params,
             state.opt_state,
             state.learning_rate,
-            batch["images"],
-            batch["labels"],
+            batch,
             jax.random.fold_in(rng, state.step),
         )
         metrics["learning_rate"] = state.learning_rate

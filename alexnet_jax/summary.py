@@ -146,15 +146,11 @@ def format_table(table: dict) -> str:
     return "\n".join(lines + notes)
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/paper.py", "Config file (configs/*.py).")
-_JSON = flags.DEFINE_bool("json", False, "Print the table as JSON instead of text.")
-
-
 def main(argv):
     del argv
-    config = _CONFIG.value
+    config = flags.FLAGS.config
     table = layer_table(model_lib.from_config(config.model), config.model.image_size)
-    if _JSON.value:
+    if flags.FLAGS.json:
         json.dump(table, sys.stdout, indent=1)
         print()
     else:
@@ -162,4 +158,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # Defined here, not on import, so that importing this module defines no flags.
+    config_flags.DEFINE_config_file("config", "configs/paper.py", "Config file (configs/*.py).")
+    flags.DEFINE_bool("json", False, "Print the table as JSON instead of text.")
     app.run(main)

@@ -125,7 +125,7 @@ def _setup(config):
     state = steps.create_train_state(
         model, optimizer, mesh, init_rng, config.model.image_size, config.optim.learning_rate
     )
-    train_step = steps.make_train_step(model, optimizer, mesh)
+    train_step = steps.make_train_step(model, optimizer, mesh, data.mean if config.data.subtract_mean else None)
     eval_step = steps.make_eval_step(model, mesh)
     return mesh, data, state, train_step, eval_step, dropout_rng
 

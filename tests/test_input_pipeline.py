@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_jax import input_pipeline, preprocess
+from alexnet_jax import input_pipeline, preprocess, steps
 from configs import smoke
 
 
@@ -70,7 +70,7 @@ def identity_data(n=48, size=8):
 
 def plain_config():
     return ml_collections.ConfigDict(
-        {"subtract_mean": False, "random_crop": False, "random_flip": False, "pca_lighting_std": 0.0}
+        {"subtract_mean": False, "random_crop": False, "random_flip": False, "pca_lighting_std": 0.0, "resize_size": 8}
     )
 
 
@@ -110,11 +110,39 @@ def test_training_batches_shapes_and_mean_subtraction():
     config = smoke.get_config()
     data = input_pipeline.create_data(config.data, config.model.num_classes)
     batch = next(input_pipeline.train_batches(data, config.data, crop=64, global_batch=32, start_step=0, seed=0))
-    assert batch["images"].shape == (32, 64, 64, 3) and batch["images"].dtype == np.float32
+    assert batch["images"].shape == (32, 64, 64, 3) and batch["images"].dtype == np.uint8
     assert batch["labels"].shape == (32,) and batch["labels"].dtype == np.int32
-    assert np.abs(batch["images"]).max() < 300  # centred 0-255 pixels plus a small colour shift
-    assert abs(float(batch["images"].mean())) < 20
+    assert batch["window"].shape == (32, 3) and batch["lighting"].shape == (32, 3)
+    assert set(batch["window"][:, 2]) <= {0, 1} and batch["window"][:, :2].max() <= 72 - 64
     assert data.mean.shape == (72, 72, 3)
+    images = input_pipeline.normalise(batch, data.mean)
+    assert np.abs(images).max() < 300  # centred 0-255 pixels plus a small colour shift
+    assert abs(float(images.mean())) < 20
+
+
+def test_device_normalisation_equals_host_normalisation():
+    config = smoke.get_config()
+    data = input_pipeline.create_data(config.data, config.model.num_classes)
+    batch = next(input_pipeline.train_batches(data, config.data, crop=64, global_batch=16, start_step=3, seed=1))
+    assert batch["window"][:, 2].any() and not batch["window"][:, 2].all()  # both orientations present
+    on_device = np.asarray(jax.jit(lambda b: steps.normalise_images(b, data.mean))(batch))
+    np.testing.assert_allclose(on_device, input_pipeline.normalise(batch, data.mean), atol=1e-4)
+    # The paper's order, written out: the mean image off the whole resized image, then the patch,
+    # its reflection and the colour shift. Batch slot i of step 3 holds example order[48 + i].
+    order = np.random.default_rng([1, 0]).permutation(data.train.size)
+    for i in range(16):
+        image = data.train.load(tf.constant(order[48 + i]))[0].numpy() - data.mean
+        top, left, mirrored = batch["window"][i]
+        patch = image[top : top + 64, left : left + 64]
+        expected = (patch[:, ::-1] if mirrored else patch) + batch["lighting"][i]
+        np.testing.assert_allclose(on_device[i], expected, atol=1e-3)
+    # A mean pixel (ImageNet's built-in statistics) needs no window.
+    pixel_mean = np.float32([100, 110, 120])
+    np.testing.assert_allclose(
+        np.asarray(steps.normalise_images(batch, pixel_mean)),
+        batch["images"].astype(np.float32) - pixel_mean + batch["lighting"][:, None, None, :],
+        atol=1e-4,
+    )
 
 
 @pytest.mark.parametrize("ten_crop", [False, True])

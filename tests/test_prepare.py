@@ -1,5 +1,7 @@
 """`prepare`: streamed training-set statistics and the 256 x 256 copy."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -30,8 +32,16 @@ def test_prepare_statistics_and_copy(tmp_path):
     copy = datasets.load(copy_config)
     assert not copy.train.may_fail and copy.train.size == 8 and copy.class_names == ("cat", "dog")
     np.testing.assert_allclose(copy.mean, np.load(tmp_path / "raw" / "stats.npz")["mean"])
+    assert copy.train.load_window is not None
+    copy_config.random_crop = copy_config.random_flip = copy_config.subtract_mean = True
+    copy_config.pca_lighting_std = 0.1
     batch = next(input_pipeline.train_batches(copy, copy_config, crop=24, global_batch=8, start_step=0, seed=0))
     assert batch["images"].shape == (8, 24, 24, 3)
+    # Decoding only the crop window gives the batch that decoding everything and cropping gives.
+    whole = dataclasses.replace(copy, train=dataclasses.replace(copy.train, load_window=None))
+    reference = next(input_pipeline.train_batches(whole, copy_config, crop=24, global_batch=8, start_step=0, seed=0))
+    np.testing.assert_array_equal(batch["labels"], reference["labels"])
+    np.testing.assert_allclose(batch["images"], reference["images"], atol=1e-4)
     copy_config.resize_size = 64
     with pytest.raises(ValueError, match="prepared at 32 x 32"):
         datasets.load(copy_config)
