@@ -29,10 +29,11 @@ costs less than gathering nothing but recomputing all of fc8 on both devices.
 
 from __future__ import annotations
 
+import collections
 import logging
 
 log = logging.getLogger("alexnet_jax")
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -97,6 +98,21 @@ def host_batch_to_global(batch: dict, mesh: Mesh) -> dict:
     """This host's slice of a batch (NumPy) -> global arrays split over `data`."""
     sharding = NamedSharding(mesh, batch_spec())
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def prefetch_to_device(batches: Iterator[dict], mesh: Mesh, size: int = 2) -> Iterator[dict]:
+    """Global batches from host batches, `size` of them already on their way to the devices.
+
+    Transfers are asynchronous: while the step on batch k runs, batches k+1.. are copied, so the
+    accelerator does not wait for the host-to-device copy.
+    """
+    queue: collections.deque = collections.deque()
+    for batch in batches:
+        queue.append(host_batch_to_global(batch, mesh))
+        if len(queue) > size:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
 
 
 def bytes_per_device(tree: Any) -> dict:

@@ -176,13 +176,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
     writer = MetricWriter(workdir)
     stop = _StopRequest()
     start_step = int(state.step)
-    batches = input_pipeline.train_batches(
-        data,
-        config.data,
-        crop=config.model.image_size,
-        global_batch=config.optim.batch_size,
-        start_step=start_step,
-        seed=config.seed,
+    batches = parallel.prefetch_to_device(
+        input_pipeline.train_batches(
+            data,
+            config.data,
+            crop=config.model.image_size,
+            global_batch=config.optim.batch_size,
+            start_step=start_step,
+            seed=config.seed,
+        ),
+        mesh,
     )
     if jax.process_index() == 0:
         log.info(
@@ -202,8 +205,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             )
             rate = plateau.learning_rate if rate is None else rate
             state = state.replace(learning_rate=_replicated_scalar(rate, mesh))
-            batch = parallel.host_batch_to_global(next(batches), mesh)
-            state, metrics = train_step(state, batch, dropout_rng)
+            state, metrics = train_step(state, next(batches), dropout_rng)
             metrics = jax.device_get(metrics)
             if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
                 raise NonFiniteError(

@@ -157,3 +157,11 @@ def test_torchvision_variant_cannot_split():
     batch = {"images": jnp.zeros((2, SIZE, SIZE, 3)), "labels": jnp.zeros((2,), jnp.int32)}
     with pytest.raises(ValueError, match="cannot be split"):
         steps.make_grad_fn(net, mesh)(parallel.shard(params, mesh, parallel.param_specs(params)), batch, jax.random.key(0))
+
+
+def test_prefetch_to_device_keeps_order_and_placement():
+    mesh = parallel.make_mesh(4, 2)
+    host = [{"x": np.full((8, 2), i, np.float32)} for i in range(5)]
+    out = list(parallel.prefetch_to_device(iter(host), mesh, size=2))
+    assert [int(b["x"][0, 0]) for b in out] == [0, 1, 2, 3, 4]
+    assert out[0]["x"].sharding.spec == P("data")
