@@ -146,29 +146,35 @@ def max_pool(x: jax.Array) -> jax.Array:
     return nn.max_pool(x, (POOL_WINDOW, POOL_WINDOW), strides=(POOL_STRIDE, POOL_STRIDE))
 
 
-class _Conv(nn.Module):
-    """A convolution that owns `kernel` (kh, kw, in/groups, out) and `bias` in canonical layout."""
+class _Layer(nn.Module):
+    """A layer that owns `kernel` and `bias` in the canonical layout, computing in `dtype`."""
 
     features: int
-    kernel_size: int
-    stride: int
-    padding: tuple[tuple[int, int], tuple[int, int]]
-    groups: int
-    grouped_conv: str
     kernel_init: Callable
     bias_init: Callable
     dtype: Any
     param_dtype: Any
 
+    def _params(self, kernel_shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+        kernel = self.param("kernel", self.kernel_init, kernel_shape, self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        return kernel.astype(self.dtype), bias.astype(self.dtype)
+
+
+class _Conv(_Layer):
+    """A convolution with kernel (kh, kw, in/groups, out): grouped layers keep that shape."""
+
+    kernel_size: int = 3
+    stride: int = 1
+    padding: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
+    groups: int = 1
+    grouped_conv: str = "split"
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        in_per_group = x.shape[-1] // self.groups
         k = self.kernel_size
-        kernel = self.param(
-            "kernel", self.kernel_init, (k, k, in_per_group, self.features), self.param_dtype
-        )
-        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        kernel, bias = self._params((k, k, x.shape[-1] // self.groups, self.features))
+        x = x.astype(self.dtype)
 
         def conv(lhs, rhs, groups=1):
             return lax.conv_general_dilated(
@@ -191,24 +197,16 @@ class _Conv(nn.Module):
             y = jnp.concatenate([conv(a, b) for a, b in zip(xs, ks)], axis=-1)
         else:
             raise ValueError(f"grouped_conv must be 'split' or 'feature_group', got {self.grouped_conv!r}")
-        return y + bias.astype(self.dtype)
+        return y + bias
 
 
-class _Dense(nn.Module):
-    """A fully connected layer that owns `kernel` (in, out) and `bias` in canonical layout."""
-
-    features: int
-    kernel_init: Callable
-    bias_init: Callable
-    dtype: Any
-    param_dtype: Any
+class _Dense(_Layer):
+    """A fully connected layer with kernel (in, out)."""
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
-        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
-        return y + bias.astype(self.dtype)
+        kernel, bias = self._params((x.shape[-1], self.features))
+        return jnp.dot(x.astype(self.dtype), kernel) + bias
 
 
 class AlexNet(nn.Module):

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 
 log = logging.getLogger("alexnet_jax")
 from typing import Any, Iterator
@@ -132,8 +133,6 @@ def initialize_distributed(enabled: bool) -> None:
     """
     if not enabled:
         return
-    import os
-
     kwargs = {}
     if "JAX_COORDINATOR_ADDRESS" in os.environ:
         kwargs = dict(

@@ -47,13 +47,6 @@ def mirror_if(image: tf.Tensor, mirror: tf.Tensor) -> tf.Tensor:
     return tf.cond(mirror, lambda: tf.reverse(image, axis=[1]), lambda: image)
 
 
-def random_crop_and_flip(image: tf.Tensor, crop: int, seed: tf.Tensor, flip: bool = True) -> tf.Tensor:
-    """A uniformly random `crop` x `crop` patch of a square image, mirrored with probability 1/2."""
-    top, left, mirror = random_window(tf.shape(image)[0], crop, seed)
-    patch = image[top : top + crop, left : left + crop, :]
-    return mirror_if(patch, mirror) if flip else patch
-
-
 def pca_offset(scale: np.ndarray, axes: np.ndarray, std: float, seed: tf.Tensor) -> tf.Tensor:
     """Section 4.1's colour shift `[p1 p2 p3] [a1 l1, a2 l2, a3 l3]^T`, a_i ~ N(0, std^2): an RGB 3-vector.
 
@@ -65,11 +58,6 @@ def pca_offset(scale: np.ndarray, axes: np.ndarray, std: float, seed: tf.Tensor)
     """
     alpha = tf.random.stateless_normal([3], seed, stddev=std)
     return tf.linalg.matvec(tf.constant(axes, tf.float32), alpha * tf.constant(scale, tf.float32))
-
-
-def pca_lighting(image: tf.Tensor, scale: np.ndarray, axes: np.ndarray, std: float, seed: tf.Tensor) -> tf.Tensor:
-    """`image` plus `pca_offset` on every pixel."""
-    return image + pca_offset(scale, axes, std, seed)
 
 
 def center_crop(image: tf.Tensor, crop: int) -> tf.Tensor:

@@ -28,28 +28,23 @@ def draw(fn, count):
 
 
 def test_random_crops_cover_every_offset_and_flip_half_the_time():
-    rows, cols = np.meshgrid(np.arange(40), np.arange(40), indexing="ij")
-    image = tf.constant(np.stack([rows, cols, np.zeros_like(rows)], -1).astype(np.float32))
-    crops = draw(lambda seed: preprocess.random_crop_and_flip(image, 8, seed), 20_000)
-    tops = crops[:, 0, 0, 0].astype(int)
-    lefts = crops[:, 0, :, 1].min(axis=1).astype(int)
+    windows = draw(lambda seed: tf.stack([tf.cast(v, tf.int32) for v in preprocess.random_window(40, 8, seed)]), 20_000)
+    tops, lefts, mirrored = windows.T
     assert set(tops) == set(range(33)) and set(lefts) == set(range(33))
     assert len(set(zip(tops, lefts))) == 33 * 33
-    flipped = crops[:, 0, 0, 1] > crops[:, 0, -1, 1]
-    assert 0.48 < flipped.mean() < 0.52
+    assert 0.48 < mirrored.mean() < 0.52
+    image = tf.reshape(tf.range(12.0), (2, 2, 3))
+    np.testing.assert_array_equal(preprocess.mirror_if(image, tf.constant(True)).numpy(), image.numpy()[:, ::-1])
+    np.testing.assert_array_equal(preprocess.mirror_if(image, tf.constant(False)).numpy(), image.numpy())
 
 
-def test_pca_lighting_offset_has_the_implied_covariance():
+def test_pca_offset_has_the_implied_covariance():
     scale = np.array([50.0, 10.0, 2.0], np.float32)
     axes = np.linalg.qr(np.random.default_rng(0).standard_normal((3, 3)))[0].astype(np.float32)
-    zero = tf.zeros((1, 1, 3))
-    offsets = draw(lambda seed: preprocess.pca_lighting(zero, scale, axes, 0.1, seed), 40_000).reshape(-1, 3)
+    offsets = draw(lambda seed: preprocess.pca_offset(scale, axes, 0.1, seed), 40_000)
     expected = 0.1**2 * axes @ np.diag(scale**2) @ axes.T
     np.testing.assert_allclose(np.cov(offsets, rowvar=False), expected, atol=0.03 * expected.max())
     np.testing.assert_allclose(offsets.mean(axis=0), 0, atol=0.05)
-    # The same offset is added to every pixel of an image.
-    one = preprocess.pca_lighting(tf.zeros((4, 4, 3)), scale, axes, 0.1, tf.constant([1, 2], tf.int64)).numpy()
-    assert np.allclose(one, one[0, 0])
 
 
 def test_rgb_statistics_of_gray_images_have_one_axis():

@@ -40,6 +40,12 @@ def test_short_run_lowers_the_loss_and_reports_errors(tmp_path):
     assert result["count"] == config.data.fake_eval_size
     assert result["top1_error"] < 0.75  # 4 classes: chance is 0.75
     assert result["top5_error"] == 0.0  # top-5 of 4 classes always holds the label
+    # --mode=eval: the best checkpoint is the evaluation with the lowest error.
+    evals = [r for r in read_metrics(tmp_path) if r["kind"] == "eval"]
+    best = min(evals, key=lambda r: r["top1_error"])
+    evaluated = train.evaluate_checkpoint(config, str(tmp_path))
+    assert evaluated["step"] == best["step"]
+    assert evaluated["top1_error"] == pytest.approx(best["top1_error"])
 
 
 def test_two_tower_data_parallel_training_path(tmp_path):
