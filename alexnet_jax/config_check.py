@@ -5,6 +5,7 @@ from __future__ import annotations
 from alexnet_jax import model as model_lib
 
 _CHOICES = {
+    "model.name": ("alexnet", "vgg16"),
     "model.variant": tuple(model_lib.ARCHITECTURES),
     "model.init_scheme": tuple(model_lib.INIT_SCHEMES),
     "model.dtype": ("float32", "bfloat16"),
@@ -54,7 +55,12 @@ def check(config) -> None:
             f"model.image_size={config.model.image_size} is larger than data.resize_size={config.data.resize_size}: "
             "crops are cut from the resized image"
         )
-    if config.model.image_size < 64:
+    if config.model.name == "vgg16":
+        if config.model.image_size % 32:
+            raise ConfigError(f"model.image_size={config.model.image_size}: VGG-16 needs a multiple of 32")
+        if config.parallel.model != 1:
+            raise ConfigError("parallel.model must be 1 for VGG-16, which has no towers")
+    elif config.model.image_size < 64:
         raise ConfigError(f"model.image_size={config.model.image_size} is below 64, the smallest that reaches pool5")
     if config.parallel.model == 2 and config.model.variant != "paper":
         raise ConfigError("parallel.model=2 splits the paper's two towers; model.variant='torchvision' has one")

@@ -146,6 +146,25 @@ def max_pool(x: jax.Array) -> jax.Array:
     return nn.max_pool(x, (POOL_WINDOW, POOL_WINDOW), strides=(POOL_STRIDE, POOL_STRIDE))
 
 
+def mesh_dropout(rng: jax.Array, x: jax.Array, rate: float, model_axis: str | None, data_axis: str | None) -> jax.Array:
+    """Dropout of (batch, width) activations whose mask depends only on (rng, global example, neuron).
+
+    Drawing each example's full-width mask and keeping this device's slice costs a few thousand
+    random bits per example and makes every mesh shape drop the same neurons as a single device,
+    so sharded and unsharded training agree exactly.
+    """
+    if rate == 0.0:
+        return x
+    local_batch, local_width = x.shape
+    model_size = lax.axis_size(model_axis) if model_axis else 1
+    offset = lax.axis_index(data_axis) * local_batch if data_axis else 0
+    keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(offset + jnp.arange(local_batch))
+    keep = jax.vmap(lambda key: jax.random.bernoulli(key, 1.0 - rate, (local_width * model_size,)))(keys)
+    if model_size > 1:
+        keep = lax.dynamic_slice_in_dim(keep, lax.axis_index(model_axis) * local_width, local_width, axis=1)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
 class _Layer(nn.Module):
     """A layer that owns `kernel` and `bias` in the canonical layout, computing in `dtype`."""
 
@@ -263,24 +282,9 @@ class AlexNet(nn.Module):
         )
 
     def _dropout(self, x: jax.Array, train: bool) -> jax.Array:
-        """Dropout whose mask depends only on (rng, global example, global neuron).
-
-        Drawing each example's full-width mask and keeping this device's slice costs a few
-        thousand random bits per example and makes every mesh shape drop the same neurons as a
-        single device, so sharded and unsharded training agree exactly.
-        """
-        if not train or self.dropout_rate == 0.0:
+        if not train:
             return x
-        rng = self.make_rng("dropout")
-        local_batch, local_width = x.shape
-        offset = lax.axis_index(self.data_axis) * local_batch if self.data_axis else 0
-        keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(offset + jnp.arange(local_batch))
-        full_width = local_width * self._model_size()
-        keep = jax.vmap(lambda key: jax.random.bernoulli(key, 1.0 - self.dropout_rate, (full_width,)))(keys)
-        if self._model_size() > 1:
-            start = lax.axis_index(self.model_axis) * local_width
-            keep = lax.dynamic_slice_in_dim(keep, start, local_width, axis=1)
-        return jnp.where(keep, x / (1.0 - self.dropout_rate), jnp.zeros_like(x))
+        return mesh_dropout(self.make_rng("dropout"), x, self.dropout_rate, self.model_axis, self.data_axis)
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -353,13 +357,13 @@ class AlexNet(nn.Module):
         return self._gather_towers(x).astype(jnp.float32)
 
 
-def init_params(model: AlexNet, rng: jax.Array, image_size: int) -> dict:
+def init_params(model: nn.Module, rng: jax.Array, image_size: int) -> dict:
     """The canonical parameter tree, initialised as `model.init` specifies (section 5)."""
     dummy = jnp.zeros((1, image_size, image_size, 3), model.dtype)
     return jax.jit(lambda key: model.init({"params": key}, dummy)["params"])(rng)
 
 
-def param_shapes(model: AlexNet, image_size: int) -> dict:
+def param_shapes(model: nn.Module, image_size: int) -> dict:
     """`init_params`' tree of `jax.ShapeDtypeStruct`, without allocating anything."""
     return jax.eval_shape(lambda: init_params(model, jax.random.key(0), image_size))
 
@@ -369,8 +373,16 @@ def count_params(tree: Any) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree))
 
 
-def from_config(model_config) -> AlexNet:
-    """The module that a config's `model` section describes."""
+def from_config(model_config) -> nn.Module:
+    """The module that a config's `model` section describes (`model.name`: alexnet or vgg16)."""
+    if model_config.name == "vgg16":
+        from alexnet_jax import vgg
+
+        return vgg.VGG16(
+            num_classes=model_config.num_classes,
+            dropout_rate=model_config.dropout_rate,
+            dtype=jnp.dtype(model_config.dtype),
+        )
     return AlexNet(
         num_classes=model_config.num_classes,
         variant=model_config.variant,

@@ -1,6 +1,7 @@
 """The layer table: shapes, neurons, parameters, multiply-adds and cross-tower traffic per layer.
 
     python -m alexnet_jax.summary --config=configs/paper.py [--json]
+    python -m alexnet_jax.summary --config=configs/vgg16.py [--json]   # with activation memory
 
 Shapes and parameter counts come from the Flax module itself (`jax.eval_shape`, nothing is
 allocated); the paper's own figures are printed beside them, with its conv1 slip flagged.
@@ -146,15 +147,86 @@ def format_table(table: dict) -> str:
     return "\n".join(lines + notes)
 
 
+
+
+def vgg_table(model, image_size: int) -> dict:
+    """Per-layer output shape, activation values (memory), parameters and MACs of VGG-16.
+
+    Memory counts every layer's output once, the input included, as seed 003 does; bytes are for
+    the model's compute dtype, forward pass only (the backward pass roughly doubles it).
+    """
+    from alexnet_jax import vgg
+
+    images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+
+    def forward(x):
+        params = model_lib.init_params(model, jax.random.key(0), image_size)
+        return params, model.apply({"params": params}, x, mutable=["intermediates"])[1]
+
+    params, state = jax.eval_shape(forward, images)
+    acts = {name: value[0].shape[1:] for name, value in state["intermediates"].items()}
+    rows = [dict(name="input", output_shape=[image_size, image_size, 3], values=image_size * image_size * 3, params=0, weights=0, macs=0)]
+    for name in vgg.LAYER_NAMES:
+        kernel = params[name]["kernel"].shape
+        out = acts[f"{name}_out"]
+        macs = math.prod(out) * math.prod(kernel[:3]) if len(kernel) == 4 else kernel[0] * kernel[1]
+        rows.append(dict(name=name, output_shape=list(out), values=math.prod(out),
+                         params=model_lib.count_params(params[name]), weights=math.prod(kernel), macs=macs))  # fmt: skip
+        if name.endswith(("1_2", "2_2", "3_3", "4_3", "5_3")):
+            pool = f"pool{name[4]}"
+            rows.append(dict(name=pool, output_shape=list(acts[pool]), values=math.prod(acts[pool]), params=0, weights=0, macs=0))
+    itemsize = jnp.dtype(model.dtype).itemsize
+    total_values = sum(r["values"] for r in rows)
+    return dict(
+        model="vgg16",
+        image_size=image_size,
+        layers=rows,
+        total_params=sum(r["params"] for r in rows),
+        total_macs=sum(r["macs"] for r in rows),
+        total_values=total_values,
+        forward_bytes=total_values * itemsize,
+    )
+
+
+def format_vgg_table(table: dict) -> str:
+    """The VGG-16 table in seed 003's terms, with its total-memory slip pointed out."""
+    lines = [
+        f"VGG-16 (configuration D), {table['image_size']}x{table['image_size']} input",
+        f"{'layer':8} {'output':>13} {'memory (values)':>16} {'weights':>12} {'params (w+b)':>13} {'MACs/img':>15}",
+    ]
+    for r in table["layers"]:
+        shape = "x".join(map(str, r["output_shape"]))
+        lines.append(f"{r['name']:8} {shape:>13} {r['values']:>16,} {r['weights']:>12,} {r['params']:>13,} {r['macs']:>15,}")
+    lines.append(
+        f"{'total':8} {'':>13} {table['total_values']:>16,} {'':>12} {table['total_params']:>13,} {table['total_macs']:>15,}"
+    )
+    lines.append(
+        f"forward activations: {table['total_values']:,} values = {table['forward_bytes'] / 1e6:.1f} MB per image "
+        "(about twice that with the backward pass)."
+    )
+    if table["image_size"] == 224:
+        lines.append(
+            f"* seed 003 prints a total of about 24M values (96 MB); its own per-layer figures, as above, add up "
+            f"to {table['total_values'] / 1e6:.1f}M ({table['forward_bytes'] / 1e6:.0f} MB): an arithmetic slip in the notes."
+        )
+    return "\n".join(lines)
+
+
 def main(argv):
     del argv
     config = flags.FLAGS.config
-    table = layer_table(model_lib.from_config(config.model), config.model.image_size)
+    model = model_lib.from_config(config.model)
+    if config.model.name == "vgg16":
+        table = vgg_table(model, config.model.image_size)
+        text = format_vgg_table(table)
+    else:
+        table = layer_table(model, config.model.image_size)
+        text = format_table(table)
     if flags.FLAGS.json:
         json.dump(table, sys.stdout, indent=1)
         print()
     else:
-        print(format_table(table))
+        print(text)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,27 @@
-"""Conversion between the canonical parameter tree and PyTorch/Caffe weight conventions.
+"""Conversion between the canonical parameter tree and PyTorch/Caffe weight conventions, and files.
 
 PyTorch and Caffe store convolution kernels OIHW (grouped ones `(out, in/groups, kh, kw)`), dense
 kernels `(out, in)`, and flatten pool5 in CHW order before fc6. The canonical tree stores kernels
 HWIO, dense kernels `(in, out)`, and flattens pool5 in HWC order (NHWC activations). Every tensor
 maps one to one; only fc6's rows are permuted. Both directions are exact (no arithmetic).
+
+Files (by extension):
+  .npz  canonical tree, keys `conv1/kernel` ...; or PyTorch-layout arrays (`conv1.weight` or
+        torchvision's `features.0.weight`). No pickle: always safe to read.
+  .npy  Caffe's bvlc_alexnet in its common NumPy form (as caffe-tensorflow writes it): a dict
+        `{layer: [kernel HWIO, bias]}`, fc kernels `(in, out)`, fc6 rows in HWC order. A pickle.
+  .pth  a PyTorch state dict (torchvision's `alexnet` or ours exported). A pickle; needs torch.
+Pickles can run arbitrary code when loaded, so `.npy` and `.pth` are read only with
+`allow_pickle=True` (`--allow_pickle` on the command line), for files you trust.
+
+Caffe's bvlc_alexnet is the paper's two-tower network trained with LRN k = 1 and alpha = 1e-4 / 5
+(Caffe divides alpha by n): use `--config.model.lrn_k=1 --config.model.lrn_alpha=2e-5` with it.
+torchvision's weights need `--config.model.variant=torchvision`.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Mapping
 
 import numpy as np
@@ -98,3 +112,83 @@ def to_torch_layout(params: Mapping[str, Mapping[str, np.ndarray]], names: str =
         out[f"{prefix}.weight"] = np.ascontiguousarray(w)
         out[f"{prefix}.bias"] = np.asarray(params[layer]["bias"], dtype=np.float32)
     return out
+
+
+class PickleRefused(ValueError):
+    """A weights format that needs unpickling was given without allow_pickle."""
+
+
+def _refuse_pickle(path: str, what: str) -> None:
+    raise PickleRefused(
+        f"{path} is {what}, which is a Python pickle: loading a pickle can run arbitrary code. "
+        "Pass allow_pickle=True (--allow_pickle) only for files you trust, or convert it to .npz once."
+    )
+
+
+def from_caffe_layout(layers: Mapping[str, object]) -> dict[str, dict[str, np.ndarray]]:
+    """Canonical tree from the common NumPy form of Caffe weights: `{layer: [kernel, bias]}`.
+
+    That form already stores kernels HWIO (grouped `(kh, kw, in/2, out)`), dense `(in, out)` and
+    fc6 in HWC row order, i.e. the canonical layout.
+    """
+    params = {}
+    for layer in LAYER_NAMES:
+        if layer not in layers:
+            raise KeyError(f"no weights for {layer} in the Caffe dict (keys: {sorted(layers)})")
+        kernel, bias = layers[layer]
+        params[layer] = {"kernel": np.asarray(kernel, np.float32), "bias": np.asarray(bias, np.float32)}
+    return params
+
+
+def to_caffe_layout(params: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
+    """The inverse of `from_caffe_layout`."""
+    return {
+        layer: [np.asarray(params[layer]["kernel"], np.float32), np.asarray(params[layer]["bias"], np.float32)]
+        for layer in LAYER_NAMES
+    }
+
+
+def load(path: str, *, allow_pickle: bool = False) -> dict[str, dict[str, np.ndarray]]:
+    """A canonical tree from a weights file (.npz, .npy or .pth; see the module docstring)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no weights file at {path}")
+    extension = os.path.splitext(path)[1].lower()
+    if extension == ".npz":
+        with np.load(path, allow_pickle=False) as arrays:
+            flat = {key: arrays[key] for key in arrays.files}
+        if any("/" in key for key in flat):
+            return {layer: {leaf: flat[f"{layer}/{leaf}"] for leaf in ("kernel", "bias")} for layer in LAYER_NAMES}
+        return from_torch_layout(flat)
+    if extension == ".npy":
+        if not allow_pickle:
+            _refuse_pickle(path, "a NumPy .npy dict")
+        return from_caffe_layout(np.load(path, allow_pickle=True, encoding="latin1").item())
+    if extension in (".pth", ".pt"):
+        if not allow_pickle:
+            _refuse_pickle(path, "a PyTorch state dict")
+        try:
+            import torch
+        except ImportError:
+            raise ImportError("reading .pth files needs PyTorch: pip install torch (or convert to .npz elsewhere)") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return from_torch_layout({key: value.numpy() for key, value in state.items()})
+    raise ValueError(f"unknown weights format {extension!r} for {path}: use .npz, .npy or .pth")
+
+
+def save(params: Mapping[str, Mapping[str, np.ndarray]], path: str, *, names: str = "torchvision") -> None:
+    """Writes `params` as .npz (canonical), .npy (Caffe form) or .pth (PyTorch state dict, `names`)."""
+    extension = os.path.splitext(path)[1].lower()
+    if extension == ".npz":
+        flat = {f"{layer}/{leaf}": np.asarray(params[layer][leaf]) for layer in LAYER_NAMES for leaf in ("kernel", "bias")}
+        np.savez(path, **flat)
+    elif extension == ".npy":
+        np.save(path, np.array(to_caffe_layout(params), dtype=object), allow_pickle=True)
+    elif extension in (".pth", ".pt"):
+        try:
+            import torch
+        except ImportError:
+            raise ImportError("writing .pth files needs PyTorch: pip install torch") from None
+        state = {key: torch.from_numpy(value) for key, value in to_torch_layout(params, names=names).items()}
+        torch.save(state, path)
+    else:
+        raise ValueError(f"unknown weights format {extension!r} for {path}: use .npz, .npy or .pth")

@@ -14,6 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0  # Root of every random key: init, dropout, augmentation, shuffling.
 
     config.model = model = ml_collections.ConfigDict()
+    model.name = "alexnet"  # "alexnet" | "vgg16" (configs/vgg16.py).
     model.variant = "paper"  # "paper" two towers (sec. 3.5) | "torchvision" single tower.
     model.num_classes = 1000  # ILSVRC classes (sec. 2).
     model.image_size = 224  # Crop side fed to conv1 (sec. 4.1); 227 works too, no padding.

@@ -39,30 +39,35 @@ def max_pool(x):
     return windows.max(axis=(-1, -2))
 
 
-def alexnet_forward(weights, images_nchw, conv1_pad=((0, 0), (0, 0))):
-    """Logits of the paper's two-tower network (eval mode) from `<layer>.weight/.bias` arrays."""
+def alexnet_forward(weights, images_nchw, conv1_pad=((0, 0), (0, 0)), towers=2, use_lrn=True, k=2.0, alpha=1e-4):
+    """Logits (eval mode) from `<layer>.weight/.bias` arrays: the paper's two-tower network, or
+    with towers=1, use_lrn=False and conv1_pad=((2, 2), (2, 2)) torchvision's single tower."""
     relu = lambda v: np.maximum(v, 0)
+    norm = (lambda v: lrn(v, towers, k=k, alpha=alpha)) if use_lrn else (lambda v: v)
     w = {k: v.astype(np.float64) for k, v in weights.items()}
     x = images_nchw.astype(np.float64)
-    x = max_pool(lrn(relu(conv2d(x, w["conv1.weight"], w["conv1.bias"], 4, conv1_pad, 1)), 2))
-    x = max_pool(lrn(relu(conv2d(x, w["conv2.weight"], w["conv2.bias"], 1, ((2, 2), (2, 2)), 2)), 2))
+    x = max_pool(norm(relu(conv2d(x, w["conv1.weight"], w["conv1.bias"], 4, conv1_pad, 1))))
+    x = max_pool(norm(relu(conv2d(x, w["conv2.weight"], w["conv2.bias"], 1, ((2, 2), (2, 2)), towers))))
     x = relu(conv2d(x, w["conv3.weight"], w["conv3.bias"], 1, ((1, 1), (1, 1)), 1))
-    x = relu(conv2d(x, w["conv4.weight"], w["conv4.bias"], 1, ((1, 1), (1, 1)), 2))
-    x = max_pool(relu(conv2d(x, w["conv5.weight"], w["conv5.bias"], 1, ((1, 1), (1, 1)), 2)))
+    x = relu(conv2d(x, w["conv4.weight"], w["conv4.bias"], 1, ((1, 1), (1, 1)), towers))
+    x = max_pool(relu(conv2d(x, w["conv5.weight"], w["conv5.bias"], 1, ((1, 1), (1, 1)), towers)))
     x = x.reshape(x.shape[0], -1)  # CHW flatten, as PyTorch's torch.flatten.
     x = relu(x @ w["fc6.weight"].T + w["fc6.bias"])
     x = relu(x @ w["fc7.weight"].T + w["fc7.bias"])
     return x @ w["fc8.weight"].T + w["fc8.bias"]
 
 
-def random_torch_weights(rng, num_classes=1000, pool5_side=6, std=0.01):
-    """Random weights of the paper network in PyTorch layout (grouped kernels (out, in/2, kh, kw))."""
+def random_torch_weights(rng, num_classes=1000, pool5_side=6, std=0.01, variant="paper"):
+    """Random weights in PyTorch layout: the paper network (grouped kernels (out, in/2, kh, kw))
+    or torchvision's single tower."""
+    if variant == "paper":
+        convs = {"conv1": (96, 3, 11, 11), "conv2": (256, 48, 5, 5), "conv3": (384, 256, 3, 3),
+                 "conv4": (384, 192, 3, 3), "conv5": (256, 192, 3, 3)}  # fmt: skip
+    else:
+        convs = {"conv1": (64, 3, 11, 11), "conv2": (192, 64, 5, 5), "conv3": (384, 192, 3, 3),
+                 "conv4": (256, 384, 3, 3), "conv5": (256, 256, 3, 3)}  # fmt: skip
     shapes = {
-        "conv1": (96, 3, 11, 11),
-        "conv2": (256, 48, 5, 5),
-        "conv3": (384, 256, 3, 3),
-        "conv4": (384, 192, 3, 3),
-        "conv5": (256, 192, 3, 3),
+        **convs,
         "fc6": (4096, 256 * pool5_side * pool5_side),
         "fc7": (4096, 4096),
         "fc8": (num_classes, 4096),

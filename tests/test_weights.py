@@ -47,3 +47,65 @@ def test_missing_layer_is_a_clear_error(torch_weights):
     partial = {k: v for k, v in torch_weights.items() if not k.startswith("conv4")}
     with pytest.raises(KeyError, match="conv4"):
         weights_lib.from_torch_layout(partial)
+
+
+def torchvision_names(weights):
+    return {f"{weights_lib.TORCHVISION_NAMES[k.split('.')[0]]}.{k.split('.')[1]}": v for k, v in weights.items()}
+
+
+def test_torchvision_file_imports_exports_bit_for_bit_and_gives_numpy_logits(tmp_path):
+    original = torchvision_names(numpy_reference.random_torch_weights(np.random.default_rng(2), variant="torchvision"))
+    np.savez(tmp_path / "torchvision.npz", **original)
+    params = weights_lib.load(str(tmp_path / "torchvision.npz"))
+    weights_lib.save(params, str(tmp_path / "ours.npz"))
+    again = weights_lib.to_torch_layout(weights_lib.load(str(tmp_path / "ours.npz")), names="torchvision")
+    assert again.keys() == original.keys()
+    for key in original:
+        np.testing.assert_array_equal(again[key], original[key])
+    images = np.random.default_rng(3).uniform(-120, 120, (2, 224, 224, 3)).astype(np.float32)
+    ours = model_lib.AlexNet(variant="torchvision").apply({"params": params}, jnp.asarray(images))
+    layer_named = {f"{name}.{leaf}": original[f"{tv}.{leaf}"] for name, tv in weights_lib.TORCHVISION_NAMES.items() for leaf in ("weight", "bias")}
+    ref = numpy_reference.alexnet_forward(layer_named, images.transpose(0, 3, 1, 2), ((2, 2), (2, 2)), towers=1, use_lrn=False)
+    np.testing.assert_allclose(np.asarray(ours), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_caffe_npy_needs_the_pickle_flag_and_round_trips(tmp_path, torch_weights):
+    caffe = weights_lib.to_caffe_layout(weights_lib.from_torch_layout(torch_weights))
+    path = str(tmp_path / "bvlc_alexnet.npy")
+    np.save(path, np.array(caffe, dtype=object), allow_pickle=True)
+    with pytest.raises(weights_lib.PickleRefused, match="pickle"):
+        weights_lib.load(path)
+    params = weights_lib.load(path, allow_pickle=True)
+    weights_lib.save(params, str(tmp_path / "again.npy"))
+    again = np.load(str(tmp_path / "again.npy"), allow_pickle=True).item()
+    for layer, (kernel, bias) in caffe.items():
+        np.testing.assert_array_equal(again[layer][0], kernel)
+        np.testing.assert_array_equal(again[layer][1], bias)
+    # Caffe's LRN: k = 1, alpha divided by n = 5.
+    images = np.random.default_rng(4).uniform(-120, 120, (1, 227, 227, 3)).astype(np.float32)
+    net = model_lib.AlexNet(lrn_k=1.0, lrn_alpha=2e-5)
+    ours = net.apply({"params": params}, jnp.asarray(images))
+    ref = numpy_reference.alexnet_forward(torch_weights, images.transpose(0, 3, 1, 2), k=1.0, alpha=2e-5)
+    np.testing.assert_allclose(np.asarray(ours), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_pytorch_state_dict_export_loads_in_torch(tmp_path, torch_weights):
+    torch = pytest.importorskip("torch")
+    params = weights_lib.from_torch_layout(torch_weights)
+    path = str(tmp_path / "alexnet.pth")
+    weights_lib.save(params, path, names="layer")
+    with pytest.raises(weights_lib.PickleRefused):
+        weights_lib.load(path)
+    state = torch.load(path, weights_only=True)
+    for key, value in torch_weights.items():
+        np.testing.assert_array_equal(state[key].numpy(), value)
+    back = weights_lib.load(path, allow_pickle=True)
+    np.testing.assert_array_equal(back["fc6"]["kernel"], params["fc6"]["kernel"])
+
+
+def test_unknown_format_and_missing_file_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no weights file"):
+        weights_lib.load(str(tmp_path / "none.npz"))
+    (tmp_path / "w.h5").write_bytes(b"")
+    with pytest.raises(ValueError, match="use .npz, .npy or .pth"):
+        weights_lib.load(str(tmp_path / "w.h5"))

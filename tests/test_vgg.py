@@ -1,0 +1,66 @@
+"""VGG-16 (configuration D) against seed 003's table, and trainable with the same pipeline."""
+
+import pytest
+
+from alexnet_jax import model as model_lib
+from alexnet_jax import summary, train, vgg
+from configs import smoke, vgg16
+
+# Seed 003, row by row: output shape and weights (its "params (not counting biases)").
+SEED_003 = [
+    ("conv1_1", (224, 224, 64), 3 * 3 * 3 * 64),
+    ("conv1_2", (224, 224, 64), 3 * 3 * 64 * 64),
+    ("pool1", (112, 112, 64), 0),
+    ("conv2_1", (112, 112, 128), 3 * 3 * 64 * 128),
+    ("conv2_2", (112, 112, 128), 3 * 3 * 128 * 128),
+    ("pool2", (56, 56, 128), 0),
+    ("conv3_1", (56, 56, 256), 3 * 3 * 128 * 256),
+    ("conv3_2", (56, 56, 256), 3 * 3 * 256 * 256),
+    ("conv3_3", (56, 56, 256), 3 * 3 * 256 * 256),
+    ("pool3", (28, 28, 256), 0),
+    ("conv4_1", (28, 28, 512), 3 * 3 * 256 * 512),
+    ("conv4_2", (28, 28, 512), 3 * 3 * 512 * 512),
+    ("conv4_3", (28, 28, 512), 3 * 3 * 512 * 512),
+    ("pool4", (14, 14, 512), 0),
+    ("conv5_1", (14, 14, 512), 3 * 3 * 512 * 512),
+    ("conv5_2", (14, 14, 512), 3 * 3 * 512 * 512),
+    ("conv5_3", (14, 14, 512), 3 * 3 * 512 * 512),
+    ("pool5", (7, 7, 512), 0),
+    ("fc6", (4096,), 7 * 7 * 512 * 4096),
+    ("fc7", (4096,), 4096 * 4096),
+    ("fc8", (1000,), 4096 * 1000),
+]
+
+
+def test_parameter_count_and_layer_shapes_match_seed_003():
+    net = vgg.VGG16()
+    assert model_lib.count_params(model_lib.param_shapes(net, 224)) == 138_357_544
+    table = summary.vgg_table(net, 224)
+    rows = [(r["name"], tuple(r["output_shape"]), r["weights"]) for r in table["layers"][1:]]
+    assert rows == SEED_003
+    assert table["layers"][0]["values"] == 224 * 224 * 3
+    assert table["total_params"] == 138_357_544
+    # The seed prints ~24M values in total; its rows add up to this (the summary flags it).
+    assert table["total_values"] == 15_237_608 and table["forward_bytes"] == 15_237_608 * 4
+    assert "arithmetic slip" in summary.format_vgg_table(table)
+    assert round(table["total_macs"] / 1e9, 2) == 15.47
+
+
+def test_input_side_must_divide_by_32():
+    with pytest.raises(ValueError, match="divisible by 32"):
+        model_lib.param_shapes(vgg.VGG16(), 100)
+
+
+def test_vgg_config_is_the_paper_pipeline_with_vgg():
+    config = vgg16.get_config()
+    assert config.model.name == "vgg16" and config.optim.batch_size == 256
+    assert isinstance(model_lib.from_config(config.model), vgg.VGG16)
+
+
+def test_vgg_trains_with_the_same_pipeline(tmp_path):
+    config = smoke.get_config()
+    config.model.name, config.model.image_size, config.data.resize_size = "vgg16", 32, 36
+    config.data.fake_train_size, config.optim.batch_size, config.eval.batch_size = 64, 16, 8
+    config.train.num_epochs, config.eval.ten_crop = 1, False
+    result = train.train_and_evaluate(config, str(tmp_path))
+    assert result["count"] == config.data.fake_eval_size
