@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging as std_logging
-import os
 import sys
 
 import jax
@@ -73,10 +72,6 @@ def _run(config, workdir: str, mode: str) -> dict:
         raise UserError(f"config: {error}") from None
     parallel.initialize_distributed(config.parallel.distributed)
     if mode == "train":
-        if jax.process_index() == 0:
-            os.makedirs(workdir, exist_ok=True)
-            with open(os.path.join(workdir, "config.json"), "w") as f:
-                f.write(config.to_json_best_effort(indent=1))
         return train_lib.train_and_evaluate(config, workdir)
     return train_lib.evaluate_checkpoint(config, workdir)
 

@@ -44,13 +44,8 @@ PAPER_PARAMS = {
 PAPER_TOTAL_PARAMS = 60_965_224
 
 
-def layer_table(model: model_lib.AlexNet, image_size: int) -> dict:
-    """Per-layer figures of `model` for one `image_size` x `image_size` image.
-
-    `sent_bytes` is what each tower sends the other per image in the forward pass when the towers
-    are on two devices (the backward pass returns the same amount as gradients); layers that use
-    only their own tower's maps send nothing.
-    """
+def _shapes(model, image_size: int) -> tuple[dict, dict]:
+    """Parameter shapes and every sown activation's shape (per image), allocating nothing."""
     images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
 
     def forward(x):
@@ -58,7 +53,17 @@ def layer_table(model: model_lib.AlexNet, image_size: int) -> dict:
         return params, model.apply({"params": params}, x, mutable=["intermediates"])[1]
 
     params, state = jax.eval_shape(forward, images)
-    acts = {name: value[0].shape[1:] for name, value in state["intermediates"].items()}
+    return params, {name: value[0].shape[1:] for name, value in state["intermediates"].items()}
+
+
+def layer_table(model: model_lib.AlexNet, image_size: int) -> dict:
+    """Per-layer figures of `model` for one `image_size` x `image_size` image.
+
+    `sent_bytes` is what each tower sends the other per image in the forward pass when the towers
+    are on two devices (the backward pass returns the same amount as gradients); layers that use
+    only their own tower's maps send nothing.
+    """
+    params, acts = _shapes(model, image_size)
     itemsize = jnp.dtype(model.dtype).itemsize
     arch = model_lib.ARCHITECTURES[model.variant]
     tower_input = {conv.name: conv.tower_input for conv in arch.convs}
@@ -157,14 +162,7 @@ def vgg_table(model, image_size: int) -> dict:
     """
     from alexnet_jax import vgg
 
-    images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-
-    def forward(x):
-        params = model_lib.init_params(model, jax.random.key(0), image_size)
-        return params, model.apply({"params": params}, x, mutable=["intermediates"])[1]
-
-    params, state = jax.eval_shape(forward, images)
-    acts = {name: value[0].shape[1:] for name, value in state["intermediates"].items()}
+    params, acts = _shapes(model, image_size)
     rows = [dict(name="input", output_shape=[image_size, image_size, 3], values=image_size * image_size * 3, params=0, weights=0, macs=0)]
     for name in vgg.LAYER_NAMES:
         kernel = params[name]["kernel"].shape

@@ -27,6 +27,7 @@ from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import evaluate as evaluate_lib
 from alexnet_jax import input_pipeline, optim, parallel, steps
 from alexnet_jax import model as model_lib
+from alexnet_jax import predict as predict_lib
 
 
 class NonFiniteError(RuntimeError):
@@ -162,6 +163,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     """
     mesh, data, state, train_step, eval_step, dropout_rng = _setup(config)
     os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        predict_lib.save_run_metadata(workdir, config, data)
     checkpoints = checkpoint_lib.Checkpoints(workdir, keep=config.train.keep_checkpoints)
     plateau = optim.PlateauState(learning_rate=config.optim.learning_rate)
     restored = checkpoints.restore_latest(checkpoint_lib.abstract_like(state))
