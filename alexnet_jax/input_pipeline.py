@@ -178,9 +178,9 @@ def train_batches(
     the same window of the mean image, plus the offset (`normalise` below does it on the host).
 
     The order of epoch e is a permutation drawn from (seed, e); the last partial batch of an epoch
-    is dropped, as each epoch is a fresh permutation. Each image is mean-subtracted, cropped,
-    flipped and colour-shifted with keys from (seed, epoch * N + position), so the batch at a given
-    step is the same however the run got there. Unreadable files are left out (the source counts
+    is dropped, as each epoch is a fresh permutation. Each image's patch, reflection and colour
+    shift are drawn with keys from (seed, epoch * N + position), so the batch at a given step is
+    the same however the run got there. Unreadable files are left out (the source counts
     them); an epoch with some then ends a few batches early, and batches after such a file can
     differ between a resumed and an uninterrupted run.
     """
