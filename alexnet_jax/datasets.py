@@ -47,7 +47,15 @@ def statistics_dir(data_config) -> str:
     return str(tfds.builder(data_config.name, data_dir=data_config.data_dir or None).data_dir)
 
 
-def _statistics(directory: str, resize: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def write_statistics(directory: str, mean: np.ndarray, pca_scale: np.ndarray, pca_axes: np.ndarray, **extra) -> str:
+    """Writes `directory/stats.npz` (what `read_statistics` reads); returns its path."""
+    path = os.path.join(directory, STATS_FILE)
+    np.savez(path, mean=mean, pca_scale=pca_scale, pca_axes=pca_axes, **extra)
+    return path
+
+
+def read_statistics(directory: str, resize: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, pca_scale, pca_axes) from `directory/stats.npz`, else ImageNet's built-in figures."""
     path = os.path.join(directory, STATS_FILE)
     if not os.path.exists(path):
         return preprocess.IMAGENET_MEAN_RGB, preprocess.IMAGENET_PCA_SCALE, preprocess.IMAGENET_PCA_AXES
@@ -155,7 +163,7 @@ def load_folder(data_config) -> input_pipeline.Data:
     unreadable = input_pipeline.UnreadableFiles()
     splits = [_list_split(root, split, classes) for split in (data_config.train_split, eval_split)]
     train, evaluation = (_files_source(*s, resize, unreadable, prepared is not None) for s in splits)
-    mean, scale, axes = _statistics(root, resize)
+    mean, scale, axes = read_statistics(root, resize)
     return input_pipeline.Data(train, evaluation, len(classes), tuple(classes), mean, scale, axes, unreadable)
 
 
@@ -173,6 +181,7 @@ def _tfds_source(name, split, data_dir, resize, unreadable) -> input_pipeline.So
     records = tfds.data_source(
         name, split=split, data_dir=data_dir, download=False, decoders={"image": tfds.decode.SkipDecoding()}
     )
+
     def read(index):
         record = records[index]
         return f"{name}/{split}[{index}]", record["image"], record["label"]
@@ -213,7 +222,7 @@ def load_tfds(data_config) -> input_pipeline.Data:
         for split in (data_config.train_split, data_config.eval_split)
     )
     label = builder.info.features["label"]
-    mean, scale, axes = _statistics(builder.data_dir, resize)
+    mean, scale, axes = read_statistics(builder.data_dir, resize)
     return input_pipeline.Data(train, evaluation, label.num_classes, tuple(label.names), mean, scale, axes, unreadable)
 
 

@@ -76,17 +76,19 @@ class Data:
     unreadable: UnreadableFiles = dataclasses.field(default_factory=UnreadableFiles)
 
 
-def rgb_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean image, and the principal axes of the RGB pixel covariance, of (N, S, S, 3) images.
-
-    Returns (mean image, std along each axis = sqrt(eigenvalue), axes as columns), largest first.
-    """
-    images = images.astype(np.float64)
-    mean_image = images.mean(axis=0)
-    eigval, eigvec = np.linalg.eigh(np.cov(images.reshape(-1, 3), rowvar=False))
+def principal_axes(covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(std along each axis = sqrt(eigenvalue), axes as columns) of a 3 x 3 RGB covariance,
+    largest first: what PCA lighting needs."""
+    eigval, eigvec = np.linalg.eigh(covariance)
     order = np.argsort(eigval)[::-1]
-    scale = np.sqrt(eigval[order].clip(0))
-    return mean_image.astype(np.float32), scale.astype(np.float32), eigvec[:, order].astype(np.float32)
+    return np.sqrt(eigval[order].clip(0)).astype(np.float32), eigvec[:, order].astype(np.float32)
+
+
+def rgb_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean image, and the principal axes of the RGB pixel covariance, of (N, S, S, 3) images."""
+    images = images.astype(np.float64)
+    scale, axes = principal_axes(np.cov(images.reshape(-1, 3), rowvar=False))
+    return images.mean(axis=0).astype(np.float32), scale, axes
 
 
 def _in_memory(images: np.ndarray, labels: np.ndarray) -> Source:

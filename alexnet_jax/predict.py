@@ -27,7 +27,6 @@ from alexnet_jax import datasets, optim, parallel, preprocess, steps
 from alexnet_jax import model as model_lib
 from alexnet_jax import weights as weights_lib
 
-STATS_FILE = "stats.npz"  # normalisation statistics a run trained with, in its workdir
 CLASS_NAMES_FILE = "class_names.json"
 
 
@@ -36,7 +35,7 @@ def save_run_metadata(workdir: str, config, data) -> None:
     and the class names."""
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=1))
-    np.savez(os.path.join(workdir, STATS_FILE), mean=data.mean, pca_scale=data.pca_scale, pca_axes=data.pca_axes)
+    datasets.write_statistics(workdir, data.mean, data.pca_scale, data.pca_axes)
     with open(os.path.join(workdir, CLASS_NAMES_FILE), "w") as f:
         json.dump(list(data.class_names), f)
 
@@ -69,8 +68,8 @@ def load_predictor(workdir: str | None, weights: str | None, config_path: str | 
             raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
         config = _load_config(path)
         net, params = _best_params(config, workdir)
-        stats_path, names_path = os.path.join(workdir, STATS_FILE), os.path.join(workdir, CLASS_NAMES_FILE)
-        mean = np.load(stats_path)["mean"] if os.path.exists(stats_path) else preprocess.IMAGENET_MEAN_RGB
+        mean = datasets.read_statistics(workdir, config.data.resize_size)[0]
+        names_path = os.path.join(workdir, CLASS_NAMES_FILE)
         names = json.load(open(names_path)) if os.path.exists(names_path) else None
     else:
         if not (weights and config_path):

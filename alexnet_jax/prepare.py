@@ -84,14 +84,8 @@ def compute_statistics(source: input_pipeline.Source) -> dict:
     progress.update(count, force=True)
     pixel_mean = pixel_sum / pixels
     covariance = (outer_sum - pixels * np.outer(pixel_mean, pixel_mean)) / (pixels - 1)
-    eigval, eigvec = np.linalg.eigh(covariance)
-    order = np.argsort(eigval)[::-1]
-    return {
-        "mean": (image_sum / count).astype(np.float32),
-        "pca_scale": np.sqrt(eigval[order].clip(0)).astype(np.float32),
-        "pca_axes": eigvec[:, order].astype(np.float32),
-        "count": np.int64(count),
-    }
+    scale, axes = input_pipeline.principal_axes(covariance)
+    return {"mean": (image_sum / count).astype(np.float32), "pca_scale": scale, "pca_axes": axes, "count": np.int64(count)}
 
 
 def write_copy(data: input_pipeline.Data, directory: str, quality: int) -> dict:
@@ -130,12 +124,10 @@ def prepare(config, copy_to: str | None, quality: int) -> dict:
     stats = compute_statistics(data.train)
     report = {"statistics_images": int(stats["count"]), "pca_scale": stats["pca_scale"].tolist()}
     if config.data.source in ("folder", "tfds"):
-        path = os.path.join(datasets.statistics_dir(config.data), datasets.STATS_FILE)
-        np.savez(path, **stats)
-        report["statistics"] = path
+        report["statistics"] = datasets.write_statistics(datasets.statistics_dir(config.data), **stats)
     if copy_to:
         report["copied"] = write_copy(data, copy_to, quality)
-        np.savez(os.path.join(copy_to, datasets.STATS_FILE), **stats)
+        datasets.write_statistics(copy_to, **stats)
         with open(os.path.join(copy_to, datasets.PREPARED_FILE), "w") as f:
             json.dump({"resize_size": config.data.resize_size, "quality": quality, **report["copied"]}, f)
         report["copy"] = copy_to
