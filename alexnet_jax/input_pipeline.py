@@ -165,8 +165,12 @@ def create_data(data_config, num_classes: int) -> Data:
     return data
 
 
-def _normalise(data: Data, image: tf.Tensor, subtract_mean: bool) -> tf.Tensor:
-    return image - tf.constant(data.mean) if subtract_mean else image
+def eval_crops(image: tf.Tensor, mean: np.ndarray | None, crop: int, ten_crop: bool) -> tf.Tensor:
+    """Section 4.1's test-time patches of a resized image minus `mean` (if any): the centre patch,
+    or the 4 corners and centre and their reflections. Shape (1 or 10, crop, crop, 3)."""
+    if mean is not None:
+        image = image - tf.constant(mean, tf.float32)
+    return preprocess.ten_crops(image, crop) if ten_crop else preprocess.center_crop(image, crop)[None]
 
 
 def train_batches(
@@ -260,8 +264,7 @@ def eval_batches(data: Data, data_config, *, crop: int, global_batch: int, ten_c
     def example(position):
         real = position < n
         image, label, ok = data.eval.load(tf.where(real, position, 0))
-        image = _normalise(data, image, data_config.subtract_mean)
-        crops = preprocess.ten_crops(image, crop) if ten_crop else preprocess.center_crop(image, crop)[None]
+        crops = eval_crops(image, data.mean if data_config.subtract_mean else None, crop, ten_crop)
         return {"images": crops, "labels": label, "mask": tf.cast(real & ok, tf.float32)}
 
     ds = tf.data.Dataset.from_tensor_slices(positions).map(example, num_parallel_calls=tf.data.AUTOTUNE)

@@ -23,7 +23,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from alexnet_jax import checkpoint as checkpoint_lib
-from alexnet_jax import datasets, optim, parallel, preprocess, steps
+from alexnet_jax import datasets, input_pipeline, optim, parallel, preprocess, steps
 from alexnet_jax import model as model_lib
 from alexnet_jax import weights as weights_lib
 
@@ -112,17 +112,19 @@ def image_paths(inputs: list[str]) -> list[str]:
 
 
 def crops(image: np.ndarray, config, mean: np.ndarray, ten_crop: bool) -> np.ndarray:
-    """Test-time patches of one RGB image: (1 or 10, S, S, 3), mean-subtracted."""
+    """Test-time patches of one RGB image, as evaluation makes them: (1 or 10, S, S, 3)."""
     resized = preprocess.resize_shorter_and_center_crop(tf.constant(image, tf.float32), config.data.resize_size)
-    resized = tf.round(resized) - tf.constant(mean, tf.float32)
-    size = config.model.image_size
-    return (preprocess.ten_crops(resized, size) if ten_crop else preprocess.center_crop(resized, size)[None]).numpy()
+    mean = mean if config.data.subtract_mean else None
+    return input_pipeline.eval_crops(tf.round(resized), mean, config.model.image_size, ten_crop).numpy()
 
 
-def predict(net, params, batch_crops: np.ndarray) -> np.ndarray:
-    """Class probabilities averaged over each image's crops: (N, crops, S, S, 3) -> (N, classes)."""
+def predict(forward, params, batch_crops: np.ndarray) -> np.ndarray:
+    """Class probabilities averaged over each image's crops: (N, crops, S, S, 3) -> (N, classes).
+
+    `forward(params, images) -> logits` is jitted once by the caller and reused for every image.
+    """
     n, k = batch_crops.shape[:2]
-    logits = jax.jit(lambda p, x: net.apply({"params": p}, x))(params, jnp.asarray(batch_crops.reshape(n * k, *batch_crops.shape[2:])))
+    logits = forward(params, jnp.asarray(batch_crops.reshape(n * k, *batch_crops.shape[2:])))
     return np.asarray(jax.nn.softmax(logits).reshape(n, k, -1).mean(axis=1))
 
 
@@ -135,6 +137,7 @@ def top_k(probs: np.ndarray, names: list[str], k: int) -> list[tuple[str, float]
 def run(inputs, *, workdir=None, weights=None, config_path=None, ten_crop=False, top=5, allow_pickle=False):
     """Prints each image's top classes; returns {path: [(name, probability), ...]} of the readable ones."""
     net, params, config, mean, names = load_predictor(workdir, weights, config_path, allow_pickle)
+    forward = jax.jit(lambda p, x: net.apply({"params": p}, x))
     results = {}
     for path in image_paths(inputs):
         try:
@@ -143,7 +146,7 @@ def run(inputs, *, workdir=None, weights=None, config_path=None, ten_crop=False,
         except Exception as error:  # unreadable file: say so and go on
             print(f"{path}: cannot read ({type(error).__name__}: {error})", file=sys.stderr)
             continue
-        probs = predict(net, params, crops(image, config, mean, ten_crop)[None])[0]
+        probs = predict(forward, params, crops(image, config, mean, ten_crop)[None])[0]
         results[path] = top_k(probs, names, min(top, len(names)))
         print(path)
         for name, p in results[path]:

@@ -152,8 +152,6 @@ def format_table(table: dict) -> str:
     return "\n".join(lines + notes)
 
 
-
-
 def vgg_table(model, image_size: int) -> dict:
     """Per-layer output shape, activation values (memory), parameters and MACs of VGG-16.
 
