@@ -29,6 +29,9 @@ from alexnet_jax import input_pipeline, preprocess
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 STATS_FILE = "stats.npz"
 PREPARED_FILE = "prepared.json"
+# ILSVRC-2012's classes in label order with their WordNet lemmas (the list that tensorflow-datasets
+# ships for ImageNet models, Apache 2.0), so that predictions read "tabby, tabby cat", not "n02123045".
+IMAGENET_CLASSES_FILE = os.path.join(os.path.dirname(__file__), "imagenet_classes.tsv")
 
 IMAGENET_HELP = (
     "ImageNet cannot be downloaded automatically. Download ILSVRC2012_img_train.tar and "
@@ -67,6 +70,18 @@ def read_statistics(directory: str, resize: int) -> tuple[np.ndarray, np.ndarray
             "rerun `python -m alexnet_jax.prepare` with this resize size"
         )
     return mean, scale, axes
+
+
+def imagenet_classes() -> list[tuple[str, str]]:
+    """The 1000 ILSVRC-2012 classes as (WordNet id, lemmas), in the label order of tfds and Caffe."""
+    with open(IMAGENET_CLASSES_FILE) as f:
+        return [tuple(line.rstrip("\n").split("\t")) for line in f if not line.startswith("#")]
+
+
+def readable_class_names(names: list[str]) -> list[str]:
+    """`names` with every ImageNet WordNet id (e.g. a folder named n01440764) replaced by its lemmas."""
+    lemmas = dict(imagenet_classes())
+    return [lemmas.get(name, name) for name in names]
 
 
 def decode_rgb(encoded: bytes) -> np.ndarray:

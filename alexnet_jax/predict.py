@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import app, flags, logging
 
 from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import datasets, input_pipeline, optim, parallel, preprocess, steps
@@ -79,7 +79,7 @@ def load_predictor(workdir: str | None, weights: str | None, config_path: str | 
         mean, names = preprocess.IMAGENET_MEAN_RGB, None
     if names is None:
         names = _default_names(config.model.num_classes)
-    return net, params, config, mean, names
+    return net, params, config, mean, datasets.readable_class_names(names)
 
 
 def _load_config(path: str):
@@ -92,10 +92,8 @@ def _load_config(path: str):
 
 
 def _default_names(num_classes: int) -> list[str]:
-    if num_classes == 1000:  # ImageNet: the synset ids, in tfds's label order
-        import tensorflow_datasets as tfds
-
-        return list(tfds.builder("imagenet2012").info.features["label"].names)
+    if num_classes == 1000:  # a weights file of 1000 classes: taken to be ImageNet's
+        return [wordnet_id for wordnet_id, _ in datasets.imagenet_classes()]
     return [f"class {i}" for i in range(num_classes)]
 
 
@@ -155,6 +153,8 @@ def run(inputs, *, workdir=None, weights=None, config_path=None, ten_crop=False,
 
 
 def main(argv):
+    if logging.get_verbosity() < 1:  # Orbax's INFO lines would bury the output
+        logging.set_verbosity(logging.WARNING)
     try:
         results = run(
             argv[1:],

@@ -14,6 +14,9 @@ Files (by extension):
 Pickles can run arbitrary code when loaded, so `.npy` and `.pth` are read only with
 `allow_pickle=True` (`--allow_pickle` on the command line), for files you trust.
 
+From the command line, `python -m alexnet_jax.weights SOURCE OUT [--allow_pickle] [--names=layer]`
+converts a weights file, or a training workdir's best checkpoint, to the format OUT's extension names.
+
 Caffe's bvlc_alexnet is the paper's two-tower network trained with LRN k = 1 and alpha = 1e-4 / 5
 (Caffe divides alpha by n): use `--config.model.lrn_k=1 --config.model.lrn_alpha=2e-5` with it.
 torchvision's weights need `--config.model.variant=torchvision`.
@@ -22,6 +25,7 @@ torchvision's weights need `--config.model.variant=torchvision`.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Mapping
 
 import numpy as np
@@ -192,3 +196,43 @@ def save(params: Mapping[str, Mapping[str, np.ndarray]], path: str, *, names: st
         torch.save(state, path)
     else:
         raise ValueError(f"unknown weights format {extension!r} for {path}: use .npz, .npy or .pth")
+
+
+def convert(source: str, out: str, *, allow_pickle: bool = False, names: str = "torchvision") -> dict:
+    """Writes the weights of `source` (a weights file, or a training workdir's best checkpoint) to
+    `out`, in the format its extension names; returns the canonical tree."""
+    if os.path.isdir(source):
+        from alexnet_jax import predict
+
+        params = predict.load_predictor(source, None, None)[1]
+        params = {layer: {leaf: np.asarray(params[layer][leaf]) for leaf in ("kernel", "bias")} for layer in LAYER_NAMES}
+    else:
+        params = load(source, allow_pickle=allow_pickle)
+    save(params, out, names=names)
+    return params
+
+
+def main(argv):
+    from absl import flags, logging
+
+    if logging.get_verbosity() < 1:  # Orbax's INFO lines would bury the output
+        logging.set_verbosity(logging.WARNING)
+    if len(argv) != 3:
+        print("error: give SOURCE (weights file or workdir) and OUT (.npz, .npy or .pth)", file=sys.stderr)
+        sys.exit(2)
+    try:
+        params = convert(argv[1], argv[2], allow_pickle=flags.FLAGS.allow_pickle, names=flags.FLAGS.names)
+    except (ValueError, KeyError, FileNotFoundError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    count = sum(leaf.size for layer in params.values() for leaf in layer.values())
+    print(f"wrote {argv[2]}: {len(params)} layers, {count:,} parameters")
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    flags.DEFINE_bool("allow_pickle", False, "Allow reading pickle-based files (.npy, .pth): only ones you trust.")
+    flags.DEFINE_enum("names", "torchvision", ["torchvision", "layer"],
+                      ".pth keys: torchvision's (features.0.weight ...) or ours (conv1.weight ...).")  # fmt: skip
+    app.run(main)

@@ -73,3 +73,13 @@ def test_cli(trained):
     none = subprocess.run([sys.executable, "-m", "alexnet_jax.predict", "--config=configs/smoke.py", "x.png"],
                           cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     assert none.returncode == 2 and "give --workdir, or --weights with --config" in none.stderr
+
+
+def test_export_a_workdir_best_checkpoint(trained, tmp_path):
+    workdir, _ = trained
+    _, params = predict._best_params(predict._load_config(str(workdir / "config.json")), str(workdir))
+    exported = weights_lib.convert(str(workdir), str(tmp_path / "best.npz"))
+    for layer, leaves in weights_lib.load(str(tmp_path / "best.npz")).items():
+        for leaf, value in leaves.items():
+            np.testing.assert_array_equal(value, np.asarray(params[layer][leaf]))
+            np.testing.assert_array_equal(value, exported[layer][leaf])

@@ -109,3 +109,28 @@ def test_unknown_format_and_missing_file_are_clear(tmp_path):
     (tmp_path / "w.h5").write_bytes(b"")
     with pytest.raises(ValueError, match="use .npz, .npy or .pth"):
         weights_lib.load(str(tmp_path / "w.h5"))
+
+
+def test_convert_command_between_formats(tmp_path, torch_weights):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    params = weights_lib.from_torch_layout(torch_weights)
+    weights_lib.save(params, str(tmp_path / "a.npz"))
+    weights_lib.convert(str(tmp_path / "a.npz"), str(tmp_path / "caffe.npy"))
+    with pytest.raises(weights_lib.PickleRefused):
+        weights_lib.convert(str(tmp_path / "caffe.npy"), str(tmp_path / "b.npz"))
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "alexnet_jax.weights", *args], cwd=root, capture_output=True, text=True)
+
+    out = cli("--allow_pickle", str(tmp_path / "caffe.npy"), str(tmp_path / "b.npz"))
+    assert out.returncode == 0 and "8 layers, 60,965,224 parameters" in out.stdout, out.stderr[-2000:]
+    back = weights_lib.load(str(tmp_path / "b.npz"))
+    for layer in params:
+        for leaf in ("kernel", "bias"):
+            np.testing.assert_array_equal(back[layer][leaf], params[layer][leaf])
+    refused = cli(str(tmp_path / "caffe.npy"), str(tmp_path / "c.npz"))
+    assert refused.returncode == 2 and "pickle" in refused.stderr and not (tmp_path / "c.npz").exists()
