@@ -48,6 +48,8 @@ def check(config) -> None:
     for field in _NON_NEGATIVE:
         if _get(config, field) < 0:
             raise ConfigError(f"{field}={_get(config, field)!r} must not be negative")
+    if config.parallel.get("micro_batch", -1) < -1:
+        raise ConfigError(f"parallel.micro_batch={config.parallel.micro_batch} must be -1 (automatic), 0 (whole batch) or positive")
     if not 0 <= config.model.dropout_rate < 1:
         raise ConfigError(f"model.dropout_rate={config.model.dropout_rate} must be in [0, 1)")
     if config.model.image_size > config.data.resize_size:

@@ -102,23 +102,61 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def _local_gradients(tower_model, model_size, params, images, labels, rng):
-    """Loss, logits and gradients of one device's shard, gradients already summed over `data`."""
-    global_batch = labels.shape[0] * lax.axis_size(DATA)
+# Examples per forward/backward chunk on XLA:CPU. Batch 128 in chunks of 16 or 32 trains about 1.3x
+# faster than in one piece on a 2-core machine, and batch 32 in chunks of 16 about 1.1x (BENCHMARKS.md).
+CPU_MICRO_BATCH = 16
 
-    def loss_fn(p):
-        logits = tower_model.apply({"params": p}, images, train=True, rngs={"dropout": rng})
-        return _cross_entropy(logits, labels).sum() / global_batch, logits
 
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+def resolve_micro_batch(setting: int, per_device_batch: int, image_size: int, backend: str | None = None) -> int:
+    """Examples per forward/backward chunk for `parallel.micro_batch` (0: the whole device batch).
+
+    -1 (automatic) chooses CPU_MICRO_BATCH on a CPU for 224-pixel or larger inputs when it divides
+    a larger per-device batch (a chunk's activations stay in cache and the step allocates less
+    memory), and the whole batch otherwise: accelerators need large batches to be busy, and on
+    small inputs (the 64-pixel default config) the chunks only add overhead (training ran 2x slower).
+    """
+    backend = backend or jax.default_backend()
+    if setting == -1:
+        fits = per_device_batch > CPU_MICRO_BATCH and per_device_batch % CPU_MICRO_BATCH == 0
+        return CPU_MICRO_BATCH if backend == "cpu" and image_size >= 224 and fits else 0
+    if setting < 0 or (setting and per_device_batch % setting):
+        raise ValueError(f"parallel.micro_batch={setting} must be -1, 0 or divide the per-device batch {per_device_batch}")
+    return 0 if setting >= per_device_batch else setting
+
+
+def _local_gradients(tower_model, model_size, params, images, labels, rng, micro_batch=0):
+    """Loss, logits and gradients of one device's shard, gradients already summed over `data`.
+
+    With `micro_batch`, the shard goes through forward and backward in chunks of that many
+    examples and the chunks' gradients are added: the same sum (to float rounding) with the same
+    dropout masks, since each chunk tells the model the global index of its first example.
+    """
+    local = labels.shape[0]
+    global_batch = local * lax.axis_size(DATA)
+    chunk = micro_batch or local
+
+    def loss_fn(p, x, y, first_example):
+        logits = tower_model.apply({"params": p}, x, train=True, rngs={"dropout": rng}, first_example=first_example)
+        return _cross_entropy(logits, y).sum() / global_batch, logits
+
+    first = lax.axis_index(DATA) * local
+    loss, logits, grads = 0.0, [], None
+    # A Python loop, not lax.scan: XLA:CPU runs convolutions inside a while loop far slower.
+    for start in range(0, local, chunk):
+        part = slice(start, start + chunk)
+        (chunk_loss, chunk_logits), chunk_grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, images[part], labels[part], first + start
+        )
+        loss, grads = loss + chunk_loss, chunk_grads if grads is None else jax.tree.map(jnp.add, grads, chunk_grads)
+        logits.append(chunk_logits)
     # Every parameter reaches the loss through the final all-gather of the towers' logits; its
     # transpose sums the `model_size` identical copies of d(loss)/d(logits) that the towers
     # computed, hence the division. Replicas on `data` add up their slices of the batch.
     grads = jax.tree.map(lambda g: lax.psum(g, DATA) / model_size, grads)
-    return lax.psum(loss, DATA), logits, grads
+    return lax.psum(loss, DATA), jnp.concatenate(logits), grads
 
 
-def make_grad_fn(model: model_lib.AlexNet, mesh: Mesh, mean: np.ndarray | None = None) -> Callable:
+def make_grad_fn(model: model_lib.AlexNet, mesh: Mesh, mean: np.ndarray | None = None, micro_batch: int = 0) -> Callable:
     """`grad_fn(params, batch, rng) -> (loss, logits, grads)` on `mesh`, training mode.
 
     The same computation as inside `train_step`, exposed to compare layouts with one another.
@@ -127,7 +165,7 @@ def make_grad_fn(model: model_lib.AlexNet, mesh: Mesh, mean: np.ndarray | None =
 
     def local(params, batch, rng):
         images = normalise_images(batch, mean)
-        return _local_gradients(tower_model, mesh.shape[MODEL], params, images, batch["labels"], rng)
+        return _local_gradients(tower_model, mesh.shape[MODEL], params, images, batch["labels"], rng, micro_batch)
 
     def grad_fn(params, batch, rng):
         specs = parallel.param_specs(params)
@@ -147,13 +185,15 @@ def make_train_step(
     optimizer: optax.GradientTransformationExtraArgs,
     mesh: Mesh,
     mean: np.ndarray | None = None,
+    micro_batch: int = 0,
 ) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
     """`train_step(state, batch, rng) -> (state, metrics)`, jitted, state donated.
 
     `batch` holds global arrays split on `data`: `images` (N, H, W, 3) and `labels` (N,), and, from
     the input pipeline, `window` and `lighting` (see `normalise_images`, which subtracts `mean`);
     `rng` is the run's root key: the step's dropout key is `fold_in(rng, state.step)`, so a resumed
-    run draws the same masks as an uninterrupted one.
+    run draws the same masks as an uninterrupted one. `micro_batch` (see `resolve_micro_batch`)
+    splits each device's batch into chunks for the forward and backward passes.
     """
     tower_model = model.clone(model_axis=MODEL, data_axis=DATA)
     model_size = mesh.shape[MODEL]
@@ -161,7 +201,7 @@ def make_train_step(
     def local_step(params, opt_state, learning_rate, batch, rng):
         labels = batch["labels"]
         images = normalise_images(batch, mean)
-        loss, logits, grads = _local_gradients(tower_model, model_size, params, images, labels, rng)
+        loss, logits, grads = _local_gradients(tower_model, model_size, params, images, labels, rng, micro_batch)
         updates, opt_state = optimizer.update(grads, opt_state, params, learning_rate=learning_rate)
         params = optax.apply_updates(params, updates)
         correct = lax.psum(jnp.sum(jnp.argmax(logits, -1) == labels), DATA)

@@ -126,7 +126,10 @@ def _setup(config):
     state = steps.create_train_state(
         model, optimizer, mesh, init_rng, config.model.image_size, config.optim.learning_rate
     )
-    train_step = steps.make_train_step(model, optimizer, mesh, data.mean if config.data.subtract_mean else None)
+    per_device_batch = config.optim.batch_size // mesh.shape[parallel.DATA]
+    micro_batch = steps.resolve_micro_batch(config.parallel.micro_batch, per_device_batch, config.model.image_size)
+    mean = data.mean if config.data.subtract_mean else None
+    train_step = steps.make_train_step(model, optimizer, mesh, mean, micro_batch)
     eval_step = steps.make_eval_step(model, mesh)
     return mesh, data, state, train_step, eval_step, dropout_rng
 

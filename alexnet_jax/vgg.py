@@ -41,7 +41,7 @@ class VGG16(nn.Module):
     data_axis: str | None = None
 
     @nn.compact
-    def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, images: jax.Array, train: bool = False, first_example=None) -> jax.Array:
         if self.model_axis and lax.axis_size(self.model_axis) != 1:
             raise ValueError("VGG-16 has one tower; it cannot be split over the model axis (use parallel.model=1)")
         if images.shape[1] % 32 or images.shape[2] % 32:
@@ -67,6 +67,8 @@ class VGG16(nn.Module):
             if name != "fc8":
                 x = nn.relu(x)
                 if train:
-                    x = mesh_dropout(self.make_rng("dropout"), x, self.dropout_rate, self.model_axis, self.data_axis)
+                    x = mesh_dropout(
+                        self.make_rng("dropout"), x, self.dropout_rate, self.model_axis, self.data_axis, first_example
+                    )
             self.sow("intermediates", f"{name}_out", x)
         return x.astype(jnp.float32)

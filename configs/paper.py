@@ -73,5 +73,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.parallel = parallel = ml_collections.ConfigDict()
     parallel.model = 1  # 2: the paper's two towers on two devices (sec. 3.2).
     parallel.data = -1  # Data-parallel replicas; -1 = every device left.
+    parallel.micro_batch = -1  # Examples per forward/backward chunk; -1: 16 on CPUs at 224 px, else whole; 0: whole.
     parallel.distributed = False  # Call jax.distributed.initialize() (several hosts).
     return config

@@ -1,5 +1,6 @@
 """The network against PAPER.md: shapes, parameter counts, LRN, init, dropout and tower grouping."""
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -118,6 +119,44 @@ def test_lrn_in_bfloat16_computes_in_float32():
     assert out.dtype == jnp.bfloat16
     ref = model_lib.local_response_norm(x.astype(jnp.float32), 2)
     np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref), rtol=1e-2)
+
+
+def _lrn_by_autodiff(x, groups, k=2.0, n=5, alpha=1e-4, beta=0.75):
+    """The formula as written, differentiated by JAX: what the hand-written backward must match."""
+    xf = x.reshape(*x.shape[:-1], groups, x.shape[-1] // groups)
+    window = jax.lax.reduce_window(xf * xf, 0.0, jax.lax.add, (1,) * (xf.ndim - 1) + (n,), (1,) * xf.ndim,
+                                   ((0, 0),) * (xf.ndim - 1) + ((n // 2, n // 2),))  # fmt: skip
+    return (xf * jax.lax.pow(k + alpha * window, -beta)).reshape(x.shape)
+
+
+@pytest.mark.parametrize("groups,beta", [(2, 0.75), (1, 0.75), (2, 0.5)])
+def test_lrn_gradient_matches_autodiff_of_the_formula(groups, beta):
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(np.maximum(rng.normal(0, 40, (2, 5, 5, 96)), 0).astype(np.float32))
+    cotangent = jnp.asarray(rng.normal(size=x.shape).astype(np.float32))
+    ours = jax.vjp(lambda v: model_lib.local_response_norm(v, groups, beta=beta), x)
+    ref = jax.vjp(lambda v: _lrn_by_autodiff(v, groups, beta=beta), x)
+    np.testing.assert_allclose(np.asarray(ours[0]), np.asarray(ref[0]), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(ours[1](cotangent)[0]), np.asarray(ref[1](cotangent)[0]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 55, 55, 8), (1, 13, 13, 4), (1, 6, 7, 3)])
+def test_max_pool_and_its_gradient_equal_select_and_scatter(shape, dtype):
+    rng = np.random.default_rng(4)
+    # ReLU outputs and coarse values: many ties, where the gradient must go to the first maximum.
+    x = jnp.asarray(np.maximum(rng.integers(-3, 4, shape), 0), dtype)
+    # Positive cotangents: shares that meet at one input cannot cancel to zero.
+    cotangent = jnp.asarray(rng.uniform(0.1, 2.0, size=model_lib.max_pool(x).shape), dtype)
+    ours = jax.vjp(model_lib.max_pool, x)
+    ref = jax.vjp(lambda v: flax.linen.max_pool(v, (3, 3), strides=(2, 2)), x)
+    np.testing.assert_array_equal(np.asarray(ours[0], np.float32), np.asarray(ref[0], np.float32))
+    grad, ref_grad = (np.asarray(vjp(cotangent)[0], np.float32) for vjp in (ours[1], ref[1]))
+    # The same inputs receive gradient; where overlapping windows add up, the order of the sum may
+    # differ, so the values agree to the dtype's rounding.
+    np.testing.assert_array_equal(grad != 0, ref_grad != 0)
+    tolerance = 1e-6 if dtype == jnp.float32 else 1e-2
+    np.testing.assert_allclose(grad, ref_grad, rtol=tolerance, atol=tolerance * np.abs(ref_grad).max())
 
 
 @pytest.fixture(scope="module")

@@ -60,6 +60,32 @@ def test_logits_and_gradients_match_single_device(setup, shape):
     assert kernel.sharding.shard_shape(kernel.shape) == (5, 5, 48, 256 // shape[1])
 
 
+@pytest.mark.parametrize("shape,micro_batch", [((1, 1), 2), ((2, 2), 2), ((1, 2), 1)])
+def test_micro_batches_give_the_whole_batch_gradients(setup, shape, micro_batch):
+    """Chunks of the device batch: the same loss, logits and gradients, dropout masks included."""
+    net, params, batch = setup
+    rng = jax.random.key(7)
+    ref_loss, ref_logits, ref_grads = reference_gradients(net, params, batch, rng)
+    mesh = parallel.make_mesh(*shape)
+    sharded = parallel.shard(params, mesh, parallel.param_specs(params))
+    loss, logits, grads = steps.make_grad_fn(net, mesh, micro_batch=micro_batch)(sharded, batch, rng)
+    np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-5)
+    assert_trees_close(logits, ref_logits)
+    assert_trees_close(grads, ref_grads)
+
+
+def test_micro_batch_resolution():
+    assert steps.resolve_micro_batch(-1, 128, 224, "cpu") == steps.CPU_MICRO_BATCH == 16
+    assert steps.resolve_micro_batch(-1, 128, 224, "gpu") == 0
+    assert steps.resolve_micro_batch(-1, 128, 64, "cpu") == 0  # small inputs: no gain
+    assert steps.resolve_micro_batch(-1, 16, 224, "cpu") == 0  # nothing to split
+    assert steps.resolve_micro_batch(-1, 40, 224, "cpu") == 0  # 16 does not divide it
+    assert steps.resolve_micro_batch(16, 64, 64, "gpu") == 16
+    assert steps.resolve_micro_batch(64, 64, 224, "cpu") == 0
+    with pytest.raises(ValueError, match="must be -1, 0 or divide the per-device batch 64"):
+        steps.resolve_micro_batch(24, 64, 224, "cpu")
+
+
 def _primitive_sequence(jaxpr, names):
     """Primitives of interest in program order, descending into sub-jaxprs (pjit, shard_map...)."""
     out = []
