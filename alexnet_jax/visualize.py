@@ -249,14 +249,10 @@ def neighbour_figure(query_images, query_labels, pool_images, pool_labels, neigh
     return _stack(rows, axis=0, gap=0)
 
 
-def _split_data(config):
-    return input_pipeline.create_data(config.data, config.model.num_classes)
-
-
 def neighbours_command(source: dict, out: str, *, queries: int, neighbours: int, max_pool: int, batch: int) -> dict:
     """Writes the neighbour grid; returns {"agreement": share of neighbours with the query's label, ...}."""
     net, params, config, mean, _ = predict.load_predictor(**source)
-    data = _split_data(config)
+    data = input_pipeline.create_data(config.data, config.model.num_classes)
     features_fn = make_features_fn(net)
     q_shown, q_inputs, q_labels = load_images(data.eval, _evenly_spaced(data.eval.size, queries), config, mean)
     pool_indices = np.sort(np.random.default_rng(0).permutation(data.train.size)[:max_pool]) if max_pool else np.arange(data.train.size)
@@ -299,7 +295,7 @@ def _short(name: str, limit: int = 28) -> str:
 def predictions_command(source: dict, out: str, *, images: int, columns: int, batch: int) -> dict:
     """Writes the top-5 panel of `images` evaluation images; returns their top-5 (class, probability)."""
     net, params, config, mean, names = predict.load_predictor(**source)
-    data = _split_data(config)
+    data = input_pipeline.create_data(config.data, config.model.num_classes)
     shown, inputs, labels = load_images(data.eval, _evenly_spaced(data.eval.size, images), config, mean)
     probs, _ = batched_features(make_features_fn(net), params, inputs, batch, "images")
     tops = [[(int(c), float(p[c])) for c in np.argsort(-p, kind="stable")[:5]] for p in probs]

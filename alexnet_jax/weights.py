@@ -30,7 +30,7 @@ from typing import Mapping
 
 import numpy as np
 
-from alexnet_jax.model import LAYER_NAMES
+from alexnet_jax.model import LAYER_NAMES, count_params
 
 # torchvision.models.alexnet state-dict prefixes of our layers.
 TORCHVISION_NAMES = {
@@ -202,10 +202,11 @@ def convert(source: str, out: str, *, allow_pickle: bool = False, names: str = "
     """Writes the weights of `source` (a weights file, or a training workdir's best checkpoint) to
     `out`, in the format its extension names; returns the canonical tree."""
     if os.path.isdir(source):
+        import jax
+
         from alexnet_jax import predict
 
-        params = predict.load_predictor(source, None, None)[1]
-        params = {layer: {leaf: np.asarray(params[layer][leaf]) for leaf in ("kernel", "bias")} for layer in LAYER_NAMES}
+        params = jax.tree.map(np.asarray, predict.load_predictor(source, None, None)[1])
     else:
         params = load(source, allow_pickle=allow_pickle)
     save(params, out, names=names)
@@ -225,8 +226,7 @@ def main(argv):
     except (ValueError, KeyError, FileNotFoundError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    count = sum(leaf.size for layer in params.values() for leaf in layer.values())
-    print(f"wrote {argv[2]}: {len(params)} layers, {count:,} parameters")
+    print(f"wrote {argv[2]}: {len(params)} layers, {count_params(params):,} parameters")
 
 
 if __name__ == "__main__":

@@ -110,7 +110,6 @@ class TorchContender:
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=LEARNING_RATE, momentum=0.9, weight_decay=5e-4)
         self.autocast = dict(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=dtype == "bfloat16")
         self.memory_format = memory_format
-        self.images, self.labels, self.crops = {}, {}, {}
         self.forward = torch.compile(self.net) if mode == "compile" else self.net
 
     def _sync(self):
@@ -325,8 +324,6 @@ def main():
                 theirs = TorchContender(torch, mode, device, args.dtype, ours.state.params)
                 theirs.set_batch(images, labels, crops)
                 difference = check_same_network(ours, theirs)
-            except SystemExit:
-                raise
             except Exception as error:  # e.g. torch.compile without a working compiler
                 print(f"  torch {mode}: unavailable ({type(error).__name__}: {str(error)[:200]})")
                 continue
