@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from alexnet_jax import layers
 from alexnet_jax import model as model_lib
 
 _CHOICES = {
     "model.name": ("alexnet", "vgg16"),
     "model.variant": tuple(model_lib.ARCHITECTURES),
     "model.init_scheme": tuple(model_lib.INIT_SCHEMES),
+    "model.activation": tuple(model_lib.ACTIVATIONS),
     "model.dtype": ("float32", "bfloat16"),
-    "model.grouped_conv": ("split", "feature_group"),
+    "model.grouped_conv": ("auto",) + layers.GROUPED_CONV,
+    "model.pool_gradient": ("auto",) + layers.POOL_GRADIENTS,
+    "model.lrn_gradient": ("auto",) + layers.LRN_GRADIENTS,
     "data.source": ("tfds", "folder", "digits", "fake"),
     "schedule.kind": ("plateau", "step", "cosine", "constant"),
     "parallel.model": (1, 2),
@@ -22,6 +26,9 @@ _POSITIVE = (
     "train.num_epochs",
     "train.keep_checkpoints",
     "train.eval_every_epochs",
+    "model.pool_window",
+    "model.fc_width",
+    "model.pool_stride",
 )
 _NON_NEGATIVE = ("optim.momentum", "optim.weight_decay", "data.pca_lighting_std", "model.dropout_rate")
 
@@ -49,7 +56,9 @@ def check(config) -> None:
         if _get(config, field) < 0:
             raise ConfigError(f"{field}={_get(config, field)!r} must not be negative")
     if config.parallel.get("micro_batch", -1) < -1:
-        raise ConfigError(f"parallel.micro_batch={config.parallel.micro_batch} must be -1 (automatic), 0 (whole batch) or positive")
+        raise ConfigError(
+            f"parallel.micro_batch={config.parallel.micro_batch} must be -1 (automatic), 0 (whole batch) or positive"
+        )
     if not 0 <= config.model.dropout_rate < 1:
         raise ConfigError(f"model.dropout_rate={config.model.dropout_rate} must be in [0, 1)")
     if config.model.image_size > config.data.resize_size:
@@ -64,7 +73,11 @@ def check(config) -> None:
             raise ConfigError("parallel.model must be 1 for VGG-16, which has no towers")
     elif config.model.image_size < 64:
         raise ConfigError(f"model.image_size={config.model.image_size} is below 64, the smallest that reaches pool5")
-    if config.parallel.model == 2 and config.model.variant != "paper":
-        raise ConfigError("parallel.model=2 splits the paper's two towers; model.variant='torchvision' has one")
+    if config.parallel.model == 2 and model_lib.ARCHITECTURES[config.model.variant].towers != 2:
+        raise ConfigError(
+            f"parallel.model=2 splits the paper's two towers; model.variant={config.model.variant!r} has one"
+        )
     if config.parallel.model == 2 and config.model.num_classes % 2:
-        raise ConfigError(f"parallel.model=2 splits fc8 in halves: model.num_classes={config.model.num_classes} must be even")
+        raise ConfigError(
+            f"parallel.model=2 splits fc8 in halves: model.num_classes={config.model.num_classes} must be even"
+        )

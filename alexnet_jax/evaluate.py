@@ -2,35 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import input_pipeline, parallel
+from alexnet_jax import datasets, input_pipeline, parallel
 
 
-def evaluate(
-    eval_step: Callable,
-    params: Any,
-    data: input_pipeline.Data,
-    config,
-    mesh,
-    *,
-    ten_crop: bool,
-) -> dict:
+def evaluate(eval_step: Callable, params: Any, data: datasets.Data, mesh, *, batch_size: int) -> dict:
     """Error rates over every example of `data.eval` (no example dropped: the last batch is masked).
 
-    Returns top1_error, top5_error, loss, count (examples evaluated) and unreadable (files of the
-    split that could not be decoded; count + unreadable is the split's size).
+    `eval_step` (steps.make_eval_step) decides the crops. Returns top1_error, top5_error, loss,
+    count (examples evaluated) and unreadable (files of the split that could not be decoded;
+    count + unreadable is the split's size).
     """
-    totals = {"top1_correct": 0.0, "top5_correct": 0.0, "loss_sum": 0.0, "count": 0.0}
-    batches = input_pipeline.eval_batches(
-        data, config.data, crop=config.model.image_size, global_batch=config.eval.batch_size, ten_crop=ten_crop
-    )
-    for batch in batches:
+    totals = None
+    for batch in input_pipeline.eval_batches(data, global_batch=batch_size):
         sums = eval_step(params, parallel.host_batch_to_global(batch, mesh))
-        for key, value in sums.items():
-            totals[key] += float(np.asarray(value))
+        # Added up on the device: the host does not wait for one batch before sending the next.
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = {key: float(np.asarray(value)) for key, value in totals.items()}
     count = int(totals["count"])
     if count == 0 or count > data.eval.size:
         raise RuntimeError(f"evaluation counted {count} examples in a split of {data.eval.size}")

@@ -4,103 +4,89 @@
         [--config.optim.learning_rate=0.02 ...]
 
 `--workdir` holds checkpoints, metrics (JSON lines, TensorBoard) and the resolved config. Running
-the same command again resumes from the newest checkpoint in it.
+the same command again resumes from the newest checkpoint in it. Mistakes (an unknown field, a bad
+value, a missing config file or dataset, a workdir in use or holding another network) get one line
+and exit code 2; a non-finite loss exit code 3.
 """
 
 from __future__ import annotations
 
 import json
-import logging as std_logging
-import sys
 
+from alexnet_jax import cli  # first: quiets TensorFlow's start-up before anything imports it
+
+# isort: split
 import jax
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from alexnet_jax import config_check, parallel
-from alexnet_jax import train as train_lib
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/paper.py.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the resolved config.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes if possible) or eval (best checkpoint).")
-flags.mark_flags_as_required(["config", "workdir"])
+from alexnet_jax import config_check, parallel, train, workdir
 
 
-class UserError(Exception):
-    """A mistake in the command line, config or data: reported in one line, exit code 2."""
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS, argv: list[str] | None = None) -> dict:
+    """Defines --config (with its --config.* overrides, found in `argv`, default sys.argv), --workdir
+    and --mode on `flag_values`; returns their holders."""
+    holders = {
+        "config": config_flags.DEFINE_config_file(
+            "config",
+            None,
+            "Config file, e.g. configs/paper.py.",
+            flag_values=flag_values,
+            lock_config=True,
+            sys_argv=argv,
+        ),
+        "workdir": flags.DEFINE_string(
+            "workdir", None, "Directory for checkpoints, metrics and the resolved config.", flag_values=flag_values
+        ),
+        "mode": flags.DEFINE_enum(
+            "mode",
+            "train",
+            ["train", "eval"],
+            "train (resumes if possible) or eval (the final and the best checkpoint on the validation split).",
+            flag_values=flag_values,
+        ),
+    }
+    flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
+    return holders
 
 
-def unknown_override(config, argv: list[str]) -> str | None:
-    """The message for the first `--config.a.b=v` whose field `config` lacks, else None."""
-    for arg in argv:
-        if not arg.startswith("--config."):
-            continue
-        path = arg[len("--config.") :].split("=", 1)[0].split(".")
-        node, walked = config, []
-        for part in path:
-            if not hasattr(node, "keys") or part not in node:
-                where = ".".join(walked) or "the config"
-                valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "none (not a group)"
-                return f"unknown config field {'.'.join(walked + [part])!r}; fields of {where}: {valid}"
-            node, walked = node[part], walked + [part]
-    return None
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with a one-line error for an override of a field that does not exist."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as error:  # a value of the wrong type, a missing --workdir
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except (AttributeError, KeyError) as error:
-        message = str(error)
-        config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-        if config_path:
-            import runpy
-
-            config = runpy.run_path(config_path)["get_config"]()
-            message = unknown_override(config, argv) or message
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
-def _run(config, workdir: str, mode: str) -> dict:
+def run(config, workdir_path: str, mode: str) -> dict:
+    """Checks the config, joins a multi-host run if asked, then trains or evaluates."""
     try:
         config_check.check(config)
     except config_check.ConfigError as error:
-        raise UserError(f"config: {error}") from None
+        raise cli.UserError(f"config: {error}") from None
     parallel.initialize_distributed(config.parallel.distributed)
     if mode == "train":
-        return train_lib.train_and_evaluate(config, workdir)
-    return train_lib.evaluate_checkpoint(config, workdir)
+        return train.train_and_evaluate(config, workdir_path)
+    return train.evaluate_checkpoint(config, workdir_path)
 
 
-def main(argv):
+def main(argv: list[str], holders: dict) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    # Our progress lines at INFO; libraries (Orbax logs every save at INFO) at WARNING.
-    ours = std_logging.getLogger("alexnet_jax")
-    if not ours.handlers:
-        handler = std_logging.StreamHandler(sys.stderr)
-        handler.setFormatter(std_logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        ours.addHandler(handler)
-    ours.setLevel(std_logging.DEBUG if logging.get_verbosity() >= 1 else std_logging.INFO)
-    ours.propagate = False
-    if logging.get_verbosity() < 1:
-        logging.set_verbosity(logging.WARNING)
+        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
-        result = _run(_CONFIG.value, _WORKDIR.value, _MODE.value)
-    except (UserError, ValueError, FileNotFoundError) as error:
-        logging.debug("traceback of the error below", exc_info=True)
-        print(f"error: {error}  (--verbosity=1 shows the traceback)", file=sys.stderr)
-        sys.exit(2)
-    except train_lib.NonFiniteError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(3)
+        result = run(cli.config_value(holders["config"]), holders["workdir"].value, holders["mode"].value)
+    except train.NonFiniteError as error:
+        cli.fail(str(error), code=3)
     if jax.process_index() == 0:
         print(json.dumps(result, indent=1))
 
 
+USER_ERRORS = (workdir.WorkdirInUse,)
+
+
+def run_command_line(argv: list[str]) -> int:
+    """`python -m alexnet_jax.main ARGV` in this process, with flags of its own; returns the exit code."""
+    argv, flag_values = ["alexnet_jax.main", *argv], flags.FlagValues()
+    holders = define_flags(flag_values, argv)
+    try:
+        cli.execute(lambda rest: main(rest, holders), cli.parse_flags(argv, flag_values), USER_ERRORS)
+    except SystemExit as exit:
+        return exit.code or 0
+    return 0
+
+
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    _holders = define_flags()
+    cli.run(lambda argv: main(argv, _holders), user_errors=USER_ERRORS)

@@ -80,21 +80,23 @@ class PlateauState:
 def plateau_update(
     state: PlateauState, error: float, *, factor: float, patience: int, min_delta: float, max_cuts: int
 ) -> PlateauState:
-    """The paper's rule: divide the rate by 10 when validation error stops improving.
+    """The paper's rule: divide the rate by 10 when the validation error "stopped improving" (section 5).
 
-    After `patience` evaluations in a row without an improvement of at least `min_delta` over the
-    best error so far, the rate is multiplied by `factor`, the count restarts, and at most
-    `max_cuts` cuts are made in a run.
+    An evaluation improves when its error is below the reference `best_error` by at least
+    `min_delta`; only then does the reference move (to that error), as in Keras'
+    ReduceLROnPlateau. After `patience` evaluations in a row without one, the rate is multiplied by
+    `factor` and the count restarts; at most `max_cuts` cuts are made in a run. Improvements smaller
+    than `min_delta` add up: a steady 0.06 % per evaluation with `min_delta` 0.1 % and `patience` 2
+    moves the reference every second evaluation and never cuts the rate.
     """
     if error < state.best_error - min_delta:
         return state.replace(best_error=float(error), evals_without_improvement=0)
     waited = state.evals_without_improvement + 1
-    best = min(state.best_error, float(error))
     if waited >= patience and state.cuts < max_cuts:
-        return PlateauState(
-            learning_rate=state.learning_rate * factor, best_error=best, evals_without_improvement=0, cuts=state.cuts + 1
+        return state.replace(
+            learning_rate=state.learning_rate * factor, evals_without_improvement=0, cuts=state.cuts + 1
         )
-    return state.replace(best_error=best, evals_without_improvement=waited)
+    return state.replace(evals_without_improvement=waited)
 
 
 def scheduled_learning_rate(schedule, base_rate: float, epoch: float, num_epochs: float) -> float | None:

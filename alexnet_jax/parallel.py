@@ -32,9 +32,8 @@ from __future__ import annotations
 import collections
 import logging
 import os
-
-log = logging.getLogger("alexnet_jax")
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -43,6 +42,8 @@ from jax.sharding import PartitionSpec as P
 
 DATA = "data"
 MODEL = "model"
+
+log = logging.getLogger("alexnet_jax")
 
 
 def mesh_shape(data: int, model: int, num_devices: int) -> tuple[int, int]:

@@ -14,60 +14,33 @@
 
 from __future__ import annotations
 
+from alexnet_jax import cli  # first: quiets TensorFlow's start-up before anything imports it
+
+# isort: split
 import json
 import os
-import sys
-import time
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from alexnet_jax import datasets, input_pipeline
-from alexnet_jax.train import format_duration
+from alexnet_jax import datasets, statistics
+from alexnet_jax.progress import Progress
 
 _BATCH = 64  # images decoded per step of the streaming pass; bounds memory to ~50 MB at 256 x 256
 
 
-class Progress:
-    """A one-line progress report with rate and ETA, printed at most every `every` seconds."""
-
-    def __init__(self, what: str, total: int, every: float = 2.0):
-        self.what, self.total, self.every = what, total, every
-        self.start = self.last = time.time()
-
-    def update(self, done: int, force: bool = False) -> None:
-        now = time.time()
-        if not force and now - self.last < self.every:
-            return
-        self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        filled = int(20 * done / max(self.total, 1))
-        print(
-            f"{self.what}: {done:,}/{self.total:,} [{'#' * filled}{'.' * (20 - filled)}] "
-            f"{rate:,.0f} img/s ETA {format_duration((self.total - done) / max(rate, 1e-9))}",
-            file=sys.stderr,
-            flush=True,
-        )
+def _images(source: datasets.Source) -> tf.data.Dataset:
+    """Every readable image of a split (uint8 at the resize size), with its label, in order."""
+    return (
+        source.examples(np.arange(source.size))
+        .filter(lambda image, label, ok: ok)
+        .map(lambda image, label, ok: (image, label))
+    )
 
 
-def _images(source: input_pipeline.Source) -> tf.data.Dataset:
-    """Every readable image of a split, with its label, in order."""
-    ds = tf.data.Dataset.range(source.size).map(source.load, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.filter(_readable).map(_image_and_label)
-
-
-def _readable(*example) -> tf.Tensor:
-    return example[-1]
-
-
-def _image_and_label(image, label, ok):
-    del ok
-    return image, label
-
-
-def compute_statistics(source: input_pipeline.Source) -> dict:
+def compute_statistics(source: datasets.Source) -> dict:
     """Mean image and RGB principal axes of a split, in one streaming pass (float64 sums)."""
     progress = Progress("statistics", source.size)
     image_sum, pixel_sum, outer_sum, count, pixels = None, np.zeros(3), np.zeros((3, 3)), 0, 0
@@ -84,30 +57,31 @@ def compute_statistics(source: input_pipeline.Source) -> dict:
     progress.update(count, force=True)
     pixel_mean = pixel_sum / pixels
     covariance = (outer_sum - pixels * np.outer(pixel_mean, pixel_mean)) / (pixels - 1)
-    scale, axes = input_pipeline.principal_axes(covariance)
-    return {"mean": (image_sum / count).astype(np.float32), "pca_scale": scale, "pca_axes": axes, "count": np.int64(count)}
+    scale, axes = statistics.principal_axes(covariance)
+    return {
+        "mean": (image_sum / count).astype(np.float32),
+        "pca_scale": scale,
+        "pca_axes": axes,
+        "count": np.int64(count),
+    }
 
 
-def write_copy(data: input_pipeline.Data, directory: str, quality: int) -> dict:
+def write_copy(data: datasets.Data, directory: str, quality: int) -> dict:
     """Both splits as `directory/{train,val}/<class>/<index>.jpg`; returns images written per split."""
     written = {}
     for split, source in (("train", data.train), ("val", data.eval)):
         for name in data.class_names:
             os.makedirs(os.path.join(directory, split, name.replace("/", "_")), exist_ok=True)
         names = tf.constant([n.replace("/", "_") for n in data.class_names])
-        indexed = tf.data.Dataset.range(source.size).map(
-            lambda i: (i, *source.load(i)), num_parallel_calls=tf.data.AUTOTUNE
-        )
+        indexed = source.attach(tf.data.Dataset.from_tensor_slices({"index": np.arange(source.size)}))
 
-        def write(index, image, label, ok):
-            path = tf.strings.join(
-                [directory, "/", split, "/", tf.gather(names, label), "/", tf.strings.as_string(index, width=8, fill="0"), ".jpg"]
-            )
-            encoded = tf.io.encode_jpeg(tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), quality=quality)
-            tf.io.write_file(path, encoded)
-            return index
+        def write(e, split=split, names=names):
+            file = tf.strings.as_string(e["index"], width=8, fill="0")
+            path = tf.strings.join([directory, "/", split, "/", tf.gather(names, e["label"]), "/", file, ".jpg"])
+            tf.io.write_file(path, tf.io.encode_jpeg(e["image"], quality=quality))
+            return e["index"]
 
-        ds = indexed.filter(_readable).map(write, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = indexed.filter(lambda e: e["ok"]).map(write, num_parallel_calls=tf.data.AUTOTUNE)
         progress = Progress(f"copy {split}", source.size)
         count = 0
         for _ in ds.prefetch(16).as_numpy_iterator():
@@ -120,14 +94,14 @@ def write_copy(data: input_pipeline.Data, directory: str, quality: int) -> dict:
 
 def prepare(config, copy_to: str | None, quality: int) -> dict:
     """Writes stats.npz beside the data (and the copy, if asked); returns what was done."""
-    data = input_pipeline.create_data(config.data, config.model.num_classes)
+    data = datasets.create_data(config.data, config.model.num_classes)
     stats = compute_statistics(data.train)
     report = {"statistics_images": int(stats["count"]), "pca_scale": stats["pca_scale"].tolist()}
     if config.data.source in ("folder", "tfds"):
-        report["statistics"] = datasets.write_statistics(datasets.statistics_dir(config.data), **stats)
+        report["statistics"] = statistics.write_statistics(datasets.statistics_dir(config.data), **stats)
     if copy_to:
         report["copied"] = write_copy(data, copy_to, quality)
-        datasets.write_statistics(copy_to, **stats)
+        statistics.write_statistics(copy_to, **stats)
         with open(os.path.join(copy_to, datasets.PREPARED_FILE), "w") as f:
             json.dump({"resize_size": config.data.resize_size, "quality": quality, **report["copied"]}, f)
         report["copy"] = copy_to
@@ -137,19 +111,15 @@ def prepare(config, copy_to: str | None, quality: int) -> dict:
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        report = prepare(flags.FLAGS.config, flags.FLAGS.copy_to, flags.FLAGS.quality)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    report = prepare(cli.config_value(_CONFIG), flags.FLAGS.copy_to, flags.FLAGS.quality)
     print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
     # Defined here, not on import, so that importing this module defines no flags.
-    config_flags.DEFINE_config_file("config", None, "Config file naming the dataset (data.*).")
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file naming the dataset (data.*).")
     flags.DEFINE_string("copy_to", None, "Also write the 256 x 256 JPEG copy of both splits here.")
     flags.DEFINE_integer("quality", 90, "JPEG quality of the copy.")
     flags.mark_flag_as_required("config")
-    app.run(main)
+    cli.run(main)

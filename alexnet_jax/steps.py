@@ -1,13 +1,15 @@
 """The pure, jitted training and evaluation steps, written once for every mesh shape.
 
-Both run the model inside `shard_map` over the ('data', 'model') mesh: parameters and optimiser
+Both run the network inside `shard_map` over the ('data', 'model') mesh: parameters and optimiser
 state split on `model` (one tower per device when it is 2), the batch split on `data`. A (1, 1)
-mesh is the single-device case of the same code.
+mesh is the single-device case of the same code. Batches arrive as uint8 pixels; the float
+conversion, the mean image, the crops and the colour shift happen here, on the device.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import jax
@@ -18,7 +20,6 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
 from alexnet_jax.parallel import DATA, MODEL
 
@@ -31,6 +32,10 @@ class TrainState:
     params: Any  # canonical tree, split on `model`.
     opt_state: Any  # paper_sgd velocity, same layout as params.
     learning_rate: jax.Array  # float32 scalar, set by the schedule between steps.
+    # (step, loss, gradient norm) of the first step whose loss or gradient was not finite; step 0
+    # while all were. From that step on every update is refused, so the parameters stay the last
+    # finite ones, and the loop stops when it next looks (training loop, `train.NonFiniteError`).
+    nonfinite: jax.Array
 
 
 def state_specs(state: TrainState) -> TrainState:
@@ -40,31 +45,8 @@ def state_specs(state: TrainState) -> TrainState:
         params=parallel.param_specs(state.params),
         opt_state=parallel.param_specs(state.opt_state),
         learning_rate=P(),
+        nonfinite=P(),
     )
-
-
-def create_train_state(
-    model: model_lib.AlexNet,
-    optimizer: optax.GradientTransformationExtraArgs,
-    mesh: Mesh,
-    rng: jax.Array,
-    image_size: int,
-    learning_rate: float,
-) -> TrainState:
-    """A fresh state, created directly in its sharded layout (no full copy on one device first)."""
-
-    def create():
-        params = model_lib.init_params(model, rng, image_size)
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=optimizer.init(params),
-            learning_rate=jnp.asarray(learning_rate, jnp.float32),
-        )
-
-    specs = state_specs(jax.eval_shape(create))
-    shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
-    return jax.jit(create, out_shardings=shardings)()
 
 
 def state_shardings(state: TrainState, mesh: Mesh) -> TrainState:
@@ -72,19 +54,50 @@ def state_shardings(state: TrainState, mesh: Mesh) -> TrainState:
     return jax.tree.map(lambda s: NamedSharding(mesh, s), state_specs(state))
 
 
+def _fresh_state(model, optimizer, rng, image_size, learning_rate) -> Callable[[], TrainState]:
+    def create():
+        dummy = jnp.zeros((1, image_size, image_size, 3), model.dtype)
+        params = model.init({"params": rng}, dummy)["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=optimizer.init(params),
+            learning_rate=jnp.asarray(learning_rate, jnp.float32),
+            nonfinite=jnp.zeros((3,), jnp.float32),
+        )
+
+    return create
+
+
+def abstract_train_state(model, optimizer, mesh, image_size: int) -> TrainState:
+    """Shapes, dtypes and shardings of the state `create_train_state` makes, allocating nothing:
+    the target a checkpoint is restored into."""
+    shapes = jax.eval_shape(_fresh_state(model, optimizer, jax.random.key(0), image_size, 0.0))
+    return jax.tree.map(
+        lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+        shapes,
+        state_shardings(shapes, mesh),
+    )
+
+
+def create_train_state(model, optimizer, mesh: Mesh, rng: jax.Array, image_size: int, learning_rate: float):
+    """A fresh state, created directly in its sharded layout (no full copy on one device first)."""
+    create = _fresh_state(model, optimizer, rng, image_size, learning_rate)
+    return jax.jit(create, out_shardings=state_shardings(jax.eval_shape(create), mesh))()
+
+
 def normalise_images(batch: dict, mean: np.ndarray | None) -> jax.Array:
     """Training images as the network takes them: float, mean-subtracted, colour-shifted.
 
     The input pipeline sends uint8 crops (already mirrored) with each one's `window` (top, left,
-    mirrored) and PCA `lighting` offset (input_pipeline.py); the subtraction of the matching window
-    of the mean image (mirrored likewise) and the offset happen here, on the device, where they cost
-    nothing next to the convolutions and the host ships a quarter of the bytes. A batch of float
-    `images` alone (no `window`) is taken as already normalised.
+    mirrored) in the resized image and its PCA `lighting` offset; the matching window of the mean
+    image (mirrored likewise) is subtracted and the offset added here. The mean image's window
+    follows the crop: cuda-convnet2 subtracted the mean's centre window from every crop instead.
+    A batch of float `images` alone (no `window`) is taken as already normalised.
     """
-    images = batch["images"]
+    images = batch["images"].astype(jnp.float32)
     if "window" not in batch:
-        return images.astype(jnp.float32)
-    images = images.astype(jnp.float32)
+        return images
     if mean is not None and mean.ndim == 3:
         side = images.shape[1]
 
@@ -98,74 +111,111 @@ def normalise_images(batch: dict, mean: np.ndarray | None) -> jax.Array:
     return images + batch["lighting"][:, None, None, :]
 
 
+def test_crops(images: jax.Array, mean: np.ndarray | None, crop: int, ten_crop: bool) -> jax.Array:
+    """Section 4.1's test-time patches of uint8 resized images (N, S, S, 3) minus `mean`.
+
+    The centre patch, or the 4 corners and the centre and their reflections: (N, 1 or 10, crop,
+    crop, 3) float32. The mean image (or pixel) is subtracted from the whole image first, as the
+    evaluation has always done, so the numbers do not depend on where the crops are cut.
+    """
+    images = images.astype(jnp.float32)
+    if mean is not None:
+        images = images - jnp.asarray(mean, jnp.float32)
+    far = images.shape[1] - crop
+    mid = far // 2
+    corners = [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)] if ten_crop else [(mid, mid)]
+    patches = [images[:, top : top + crop, left : left + crop] for top, left in corners]
+    if ten_crop:
+        patches += [patch[:, :, ::-1] for patch in patches]
+    return jnp.stack(patches, axis=1)
+
+
 def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-# Examples per forward/backward chunk on XLA:CPU. Batch 128 in chunks of 16 or 32 trains about 1.3x
-# faster than in one piece on a 2-core machine, and batch 32 in chunks of 16 about 1.1x (BENCHMARKS.md).
-CPU_MICRO_BATCH = 16
+# Examples per chunk of the convolutional layers on XLA:CPU at 224 pixels: on a 2-core machine,
+# batch 128 trained about 1.4x faster in chunks of 8 than in one piece, and faster than in chunks of
+# 16 or 32 (BENCHMARKS.md, "Implementation choices").
+CPU_MICRO_BATCH = 8
 
 
 def resolve_micro_batch(setting: int, per_device_batch: int, image_size: int, backend: str | None = None) -> int:
-    """Examples per forward/backward chunk for `parallel.micro_batch` (0: the whole device batch).
+    """Examples per chunk of the convolutional layers for `parallel.micro_batch` (0: the whole batch).
 
     -1 (automatic) chooses CPU_MICRO_BATCH on a CPU for 224-pixel or larger inputs when it divides
-    a larger per-device batch (a chunk's activations stay in cache and the step allocates less
-    memory), and the whole batch otherwise: accelerators need large batches to be busy, and on
-    small inputs (the 64-pixel default config) the chunks only add overhead (training ran 2x slower).
+    a larger per-device batch, and the whole batch otherwise: accelerators need large batches to be
+    busy, and on small inputs (the 64-pixel default config) the chunks only add overhead.
     """
     backend = backend or jax.default_backend()
     if setting == -1:
         fits = per_device_batch > CPU_MICRO_BATCH and per_device_batch % CPU_MICRO_BATCH == 0
         return CPU_MICRO_BATCH if backend == "cpu" and image_size >= 224 and fits else 0
     if setting < 0 or (setting and per_device_batch % setting):
-        raise ValueError(f"parallel.micro_batch={setting} must be -1, 0 or divide the per-device batch {per_device_batch}")
+        raise ValueError(
+            f"parallel.micro_batch={setting} must be -1, 0 or divide the per-device batch {per_device_batch}"
+        )
     return 0 if setting >= per_device_batch else setting
 
 
-def _local_gradients(tower_model, model_size, params, images, labels, rng, micro_batch=0):
+def _split(params: dict, names) -> dict:
+    return {name: params[name] for name in names}
+
+
+def _local_gradients(tower_model, params, images, labels, rng, micro_batch=0):
     """Loss, logits and gradients of one device's shard, gradients already summed over `data`.
 
-    With `micro_batch`, the shard goes through forward and backward in chunks of that many
-    examples and the chunks' gradients are added: the same sum (to float rounding) with the same
-    dropout masks, since each chunk tells the model the global index of its first example.
+    With `micro_batch`, the convolutional layers run forward and backward in chunks of that many
+    examples, and the fully connected layers once on the whole shard in between: the same sum (to
+    float rounding), dropout included, with a chunk's activations far smaller than the batch's
+    (faster on CPUs), and fc6's 151 MB weight gradient formed once rather than once per chunk.
     """
-    local = labels.shape[0]
-    global_batch = local * lax.axis_size(DATA)
-    chunk = micro_batch or local
+    global_batch = labels.shape[0] * lax.axis_size(DATA)
+    head_names = [name for name in params if name.startswith("fc")]
+    trunk_names = [name for name in params if name not in head_names]
 
-    def loss_fn(p, x, y, first_example):
-        logits = tower_model.apply({"params": p}, x, train=True, rngs={"dropout": rng}, first_example=first_example)
-        return _cross_entropy(logits, y).sum() / global_batch, logits
+    def head_loss(head, maps):
+        logits = tower_model.apply({"params": head}, maps, train=True, rngs={"dropout": rng}, method="classifier")
+        return _cross_entropy(logits, labels).sum() / global_batch, logits
 
-    first = lax.axis_index(DATA) * local
-    loss, logits, grads = 0.0, [], None
+    def trunk(weights, x):
+        return tower_model.apply({"params": weights}, x, method="features")
+
+    trunk_params, head_params = _split(params, trunk_names), _split(params, head_names)
+    chunk = micro_batch or labels.shape[0]
     # A Python loop, not lax.scan: XLA:CPU runs convolutions inside a while loop far slower.
-    for start in range(0, local, chunk):
-        part = slice(start, start + chunk)
-        (chunk_loss, chunk_logits), chunk_grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, images[part], labels[part], first + start
-        )
-        loss, grads = loss + chunk_loss, chunk_grads if grads is None else jax.tree.map(jnp.add, grads, chunk_grads)
-        logits.append(chunk_logits)
+    # (The images need no gradient: conv1's input gradient would cost as much as its forward pass.)
+    chunks = [images[start : start + chunk] for start in range(0, labels.shape[0], chunk)]
+    maps, backwards = zip(*(jax.vjp(lambda weights, x=x: trunk(weights, x), trunk_params) for x in chunks))
+    (loss, logits), (head_grads, map_grads) = jax.value_and_grad(head_loss, argnums=(0, 1), has_aux=True)(
+        head_params, jnp.concatenate(maps)
+    )
+    trunk_grads = None
+    for i, backward in enumerate(backwards):
+        part = backward(map_grads[i * chunk : (i + 1) * chunk])[0]
+        trunk_grads = part if trunk_grads is None else jax.tree.map(jnp.add, trunk_grads, part)
+    grads = {**trunk_grads, **head_grads}
     # Every parameter reaches the loss through the final all-gather of the towers' logits; its
-    # transpose sums the `model_size` identical copies of d(loss)/d(logits) that the towers
-    # computed, hence the division. Replicas on `data` add up their slices of the batch.
-    grads = jax.tree.map(lambda g: lax.psum(g, DATA) / model_size, grads)
-    return lax.psum(loss, DATA), jnp.concatenate(logits), grads
+    # transpose sums the `model` identical copies of d(loss)/d(logits) that the towers computed,
+    # hence the division. Replicas on `data` add up their slices of the batch.
+    grads = jax.tree.map(lambda g: lax.psum(g, DATA) / lax.axis_size(MODEL), grads)
+    return lax.psum(loss, DATA), logits, grads
 
 
-def make_grad_fn(model: model_lib.AlexNet, mesh: Mesh, mean: np.ndarray | None = None, micro_batch: int = 0) -> Callable:
+def _on_mesh(model) -> Any:
+    return model.clone(model_axis=MODEL, data_axis=DATA)
+
+
+def make_grad_fn(model, mesh: Mesh, mean: np.ndarray | None = None, micro_batch: int = 0) -> Callable:
     """`grad_fn(params, batch, rng) -> (loss, logits, grads)` on `mesh`, training mode.
 
     The same computation as inside `train_step`, exposed to compare layouts with one another.
     """
-    tower_model = model.clone(model_axis=MODEL, data_axis=DATA)
+    tower_model = _on_mesh(model)
 
     def local(params, batch, rng):
         images = normalise_images(batch, mean)
-        return _local_gradients(tower_model, mesh.shape[MODEL], params, images, batch["labels"], rng, micro_batch)
+        return _local_gradients(tower_model, params, images, batch["labels"], rng, micro_batch)
 
     def grad_fn(params, batch, rng):
         specs = parallel.param_specs(params)
@@ -180,30 +230,24 @@ def make_grad_fn(model: model_lib.AlexNet, mesh: Mesh, mean: np.ndarray | None =
     return jax.jit(grad_fn)
 
 
-def make_train_step(
-    model: model_lib.AlexNet,
-    optimizer: optax.GradientTransformationExtraArgs,
-    mesh: Mesh,
-    mean: np.ndarray | None = None,
-    micro_batch: int = 0,
-) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
+def make_train_step(model, optimizer, mesh: Mesh, mean: np.ndarray | None = None, micro_batch: int = 0) -> Callable:
     """`train_step(state, batch, rng) -> (state, metrics)`, jitted, state donated.
 
     `batch` holds global arrays split on `data`: `images` (N, H, W, 3) and `labels` (N,), and, from
     the input pipeline, `window` and `lighting` (see `normalise_images`, which subtracts `mean`);
     `rng` is the run's root key: the step's dropout key is `fold_in(rng, state.step)`, so a resumed
     run draws the same masks as an uninterrupted one. `micro_batch` (see `resolve_micro_batch`)
-    splits each device's batch into chunks for the forward and backward passes.
+    splits each device's batch into chunks for the convolutional layers. An update whose loss or
+    gradient is not finite is refused and recorded in `state.nonfinite` (see TrainState), so that
+    the loop need not wait for each step's metrics to keep the guarantee.
     """
-    tower_model = model.clone(model_axis=MODEL, data_axis=DATA)
-    model_size = mesh.shape[MODEL]
+    tower_model = _on_mesh(model)
 
     def local_step(params, opt_state, learning_rate, batch, rng):
         labels = batch["labels"]
         images = normalise_images(batch, mean)
-        loss, logits, grads = _local_gradients(tower_model, model_size, params, images, labels, rng, micro_batch)
-        updates, opt_state = optimizer.update(grads, opt_state, params, learning_rate=learning_rate)
-        params = optax.apply_updates(params, updates)
+        loss, logits, grads = _local_gradients(tower_model, params, images, labels, rng, micro_batch)
+        updates, new_opt_state = optimizer.update(grads, opt_state, params, learning_rate=learning_rate)
         correct = lax.psum(jnp.sum(jnp.argmax(logits, -1) == labels), DATA)
         # Each device holds one tower's share of the gradient; the towers' squares add up.
         squares = sum(jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(grads))
@@ -212,7 +256,7 @@ def make_train_step(
             "accuracy": correct / (labels.shape[0] * lax.axis_size(DATA)),
             "grad_norm": jnp.sqrt(lax.psum(squares, MODEL)),
         }
-        return params, opt_state, metrics
+        return optax.apply_updates(params, updates), new_opt_state, metrics
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
         specs = state_specs(state)
@@ -224,33 +268,42 @@ def make_train_step(
             check_vma=False,
         )
         params, opt_state, metrics = sharded(
-            state.params,
-            state.opt_state,
-            state.learning_rate,
-            batch,
-            jax.random.fold_in(rng, state.step),
+            state.params, state.opt_state, state.learning_rate, batch, jax.random.fold_in(rng, state.step)
         )
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+        accept = finite & (state.nonfinite[0] == 0)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(accept, n, o), new, old)  # noqa: E731
+        first_bad = jnp.stack([(state.step + 1).astype(jnp.float32), metrics["loss"], metrics["grad_norm"]])
+        nonfinite = jnp.where((state.nonfinite[0] == 0) & ~finite, first_bad, state.nonfinite)
         metrics["learning_rate"] = state.learning_rate
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        new_state = state.replace(
+            step=state.step + 1,
+            params=keep(params, state.params),
+            opt_state=keep(opt_state, state.opt_state),
+            nonfinite=nonfinite,
+        )
+        return new_state, metrics
 
     return jax.jit(train_step, donate_argnums=(0,))
 
 
-def make_eval_step(model: model_lib.AlexNet, mesh: Mesh) -> Callable[[Any, dict], dict]:
+def make_eval_step(
+    model, mesh: Mesh, mean: np.ndarray | None, crop: int, ten_crop: bool
+) -> Callable[[Any, dict], dict]:
     """`eval_step(params, batch) -> sums` of top-1/top-5 correct, loss and counted examples.
 
-    `batch["images"]` is (N, crops, H, W, 3): the softmax is averaged over the crops (1 for the
-    centre crop, 10 for the paper's 4 corners + centre and their reflections). `batch["mask"]` is
-    1 for real examples and 0 for the padding of a last, partial batch, which counts for nothing.
+    `batch["images"]` holds the uint8 resized images (N, S, S, 3); `test_crops` cuts the centre
+    crop, or the paper's 10, on the device, and the softmax is averaged over them. `batch["mask"]`
+    is 1 for real examples and 0 for the padding of a last, partial batch, which counts for nothing.
     """
-    tower_model = model.clone(model_axis=MODEL, data_axis=DATA)
+    tower_model = _on_mesh(model)
 
     def local_eval(params, images, labels, mask):
-        n, crops = images.shape[:2]
-        logits = tower_model.apply({"params": params}, images.reshape(n * crops, *images.shape[2:]))
+        patches = test_crops(images, mean, crop, ten_crop)
+        n, crops = patches.shape[:2]
+        logits = tower_model.apply({"params": params}, patches.reshape(n * crops, *patches.shape[2:]))
         probs = jax.nn.softmax(logits).reshape(n, crops, -1).mean(axis=1)
-        k = min(5, probs.shape[-1])
-        top_k = lax.top_k(probs, k)[1]
+        top_k = lax.top_k(probs, min(5, probs.shape[-1]))[1]
         hit_1 = top_k[:, 0] == labels
         hit_5 = jnp.any(top_k == labels[:, None], axis=-1)
         nll = -jnp.log(jnp.take_along_axis(probs, labels[:, None], axis=-1)[:, 0] + 1e-12)
@@ -263,10 +316,11 @@ def make_eval_step(model: model_lib.AlexNet, mesh: Mesh) -> Callable[[Any, dict]
         return jax.tree.map(lambda v: lax.psum(v, DATA), sums)
 
     def eval_step(params, batch):
+        data = parallel.batch_spec()
         return jax.shard_map(
             local_eval,
             mesh=mesh,
-            in_specs=(parallel.param_specs(params), parallel.batch_spec(), parallel.batch_spec(), parallel.batch_spec()),
+            in_specs=(parallel.param_specs(params), data, data, data),
             out_specs=P(),
             check_vma=False,
         )(params, batch["images"], batch["labels"], batch["mask"])

@@ -9,18 +9,22 @@ allocated); the paper's own figures are printed beside them, with its conv1 slip
 
 from __future__ import annotations
 
+from alexnet_jax import cli  # first: quiets TensorFlow's start-up before anything imports it
+
+# isort: split
 import json
 import math
 import sys
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from alexnet_jax import model as model_lib
+from alexnet_jax import vgg
 
-# Figure 2's neuron counts and PAPER.md's parameter table for the 224-input paper network.
+# Figure 2's neuron counts, and the parameters its layer shapes imply, for the 224-input paper network.
 PAPER_NEURONS = {
     "conv1": 253_440,
     "conv2": 186_624,
@@ -139,9 +143,14 @@ def format_table(table: dict) -> str:
                     )
                 )
             if row["params"] != row["paper_params"]:
-                notes.append(f"! {row['name']}: {row['params']:,} parameters, the paper's table has {row['paper_params']:,}")
+                notes.append(
+                    f"! {row['name']}: {row['params']:,} parameters, the paper's table has {row['paper_params']:,}"
+                )
         lines.append(line)
-    total = f"{'total':6} {'':>13} {table['total_neurons']:>10,} {table['total_params']:>11,} {table['total_macs']:>13,} {table['total_sent_bytes']:>11,}"
+    total = (
+        f"{'total':6} {'':>13} {table['total_neurons']:>10,} {table['total_params']:>11,} "
+        f"{table['total_macs']:>13,} {table['total_sent_bytes']:>11,}"
+    )
     if compare:
         total += f" {'':>14} {PAPER_TOTAL_PARAMS:>13,}"
     lines.append(total)
@@ -155,22 +164,42 @@ def format_table(table: dict) -> str:
 def vgg_table(model, image_size: int) -> dict:
     """Per-layer output shape, activation values (memory), parameters and MACs of VGG-16.
 
-    Memory counts every layer's output once, the input included, as seed 003 does; bytes are for
+    Memory counts every layer's output once, the input included, as the VGG-16 table of the CS231n
+    course notes (cs231n.github.io/convolutional-networks) does; bytes are for
     the model's compute dtype, forward pass only (the backward pass roughly doubles it).
     """
-    from alexnet_jax import vgg
-
     params, acts = _shapes(model, image_size)
-    rows = [dict(name="input", output_shape=[image_size, image_size, 3], values=image_size * image_size * 3, params=0, weights=0, macs=0)]
+    rows = [
+        dict(
+            name="input",
+            output_shape=[image_size, image_size, 3],
+            values=image_size * image_size * 3,
+            params=0,
+            weights=0,
+            macs=0,
+        )
+    ]
     for name in vgg.LAYER_NAMES:
         kernel = params[name]["kernel"].shape
         out = acts[f"{name}_out"]
         macs = math.prod(out) * math.prod(kernel[:3]) if len(kernel) == 4 else kernel[0] * kernel[1]
-        rows.append(dict(name=name, output_shape=list(out), values=math.prod(out),
-                         params=model_lib.count_params(params[name]), weights=math.prod(kernel), macs=macs))  # fmt: skip
+        rows.append(
+            dict(
+                name=name,
+                output_shape=list(out),
+                values=math.prod(out),
+                params=model_lib.count_params(params[name]),
+                weights=math.prod(kernel),
+                macs=macs,
+            )
+        )
         if name.endswith(("1_2", "2_2", "3_3", "4_3", "5_3")):
             pool = f"pool{name[4]}"
-            rows.append(dict(name=pool, output_shape=list(acts[pool]), values=math.prod(acts[pool]), params=0, weights=0, macs=0))
+            rows.append(
+                dict(
+                    name=pool, output_shape=list(acts[pool]), values=math.prod(acts[pool]), params=0, weights=0, macs=0
+                )
+            )
     itemsize = jnp.dtype(model.dtype).itemsize
     total_values = sum(r["values"] for r in rows)
     return dict(
@@ -185,32 +214,35 @@ def vgg_table(model, image_size: int) -> dict:
 
 
 def format_vgg_table(table: dict) -> str:
-    """The VGG-16 table in seed 003's terms, with its total-memory slip pointed out."""
+    """The VGG-16 table in the CS231n notes' terms, with their total-memory slip pointed out."""
     lines = [
         f"VGG-16 (configuration D), {table['image_size']}x{table['image_size']} input",
         f"{'layer':8} {'output':>13} {'memory (values)':>16} {'weights':>12} {'params (w+b)':>13} {'MACs/img':>15}",
     ]
     for r in table["layers"]:
         shape = "x".join(map(str, r["output_shape"]))
-        lines.append(f"{r['name']:8} {shape:>13} {r['values']:>16,} {r['weights']:>12,} {r['params']:>13,} {r['macs']:>15,}")
-    lines.append(
-        f"{'total':8} {'':>13} {table['total_values']:>16,} {'':>12} {table['total_params']:>13,} {table['total_macs']:>15,}"
-    )
+        lines.append(
+            f"{r['name']:8} {shape:>13} {r['values']:>16,} {r['weights']:>12,} {r['params']:>13,} {r['macs']:>15,}"
+        )
+    totals = f"{table['total_values']:>16,} {'':>12} {table['total_params']:>13,} {table['total_macs']:>15,}"
+    lines.append(f"{'total':8} {'':>13} {totals}")
     lines.append(
         f"forward activations: {table['total_values']:,} values = {table['forward_bytes'] / 1e6:.1f} MB per image "
         "(about twice that with the backward pass)."
     )
     if table["image_size"] == 224:
+        total, megabytes = table["total_values"] / 1e6, table["forward_bytes"] / 1e6
         lines.append(
-            f"* seed 003 prints a total of about 24M values (96 MB); its own per-layer figures, as above, add up "
-            f"to {table['total_values'] / 1e6:.1f}M ({table['forward_bytes'] / 1e6:.0f} MB): an arithmetic slip in the notes."
+            f"* the CS231n notes print a total of about 24M values (96 MB); their own per-layer figures, as above, "
+            f"add up to {total:.1f}M ({megabytes:.0f} MB): an arithmetic slip in the notes."
         )
     return "\n".join(lines)
 
 
 def main(argv):
-    del argv
-    config = flags.FLAGS.config
+    if len(argv) > 1:
+        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    config = cli.config_value(_CONFIG)
     model = model_lib.from_config(config.model)
     if config.model.name == "vgg16":
         table = vgg_table(model, config.model.image_size)
@@ -227,6 +259,6 @@ def main(argv):
 
 if __name__ == "__main__":
     # Defined here, not on import, so that importing this module defines no flags.
-    config_flags.DEFINE_config_file("config", "configs/paper.py", "Config file (configs/*.py).")
+    _CONFIG = config_flags.DEFINE_config_file("config", "configs/paper.py", "Config file (configs/*.py).")
     flags.DEFINE_bool("json", False, "Print the table as JSON instead of text.")
-    app.run(main)
+    cli.run(main)

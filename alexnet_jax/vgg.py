@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from alexnet_jax.model import _Conv, _Dense, mesh_dropout
+from alexnet_jax import layers
 
 # Configuration D: output channels of each convolution, block by block.
 BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -37,38 +37,52 @@ class VGG16(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     init_std: float = 0.01
+    pool_gradient: str = "custom"
     model_axis: str | None = None
     data_axis: str | None = None
 
-    @nn.compact
-    def __call__(self, images: jax.Array, train: bool = False, first_example=None) -> jax.Array:
+    def setup(self):
         if self.model_axis and lax.axis_size(self.model_axis) != 1:
             raise ValueError("VGG-16 has one tower; it cannot be split over the model axis (use parallel.model=1)")
-        if images.shape[1] % 32 or images.shape[2] % 32:
-            raise ValueError(f"VGG-16 needs an input side divisible by 32 (five 2x2 pools), got {images.shape[1:3]}")
-        layer = dict(
+        args = dict(
             kernel_init=nn.initializers.normal(stddev=self.init_std),
             bias_init=nn.initializers.zeros,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
+        widths = [width for block in BLOCKS for width in block]
+        for name, width in zip(CONV_NAMES, widths):
+            setattr(self, name, layers.Conv(width, kernel_size=3, padding=((1, 1), (1, 1)), **args))
+        for name, width in (("fc6", 4096), ("fc7", 4096), ("fc8", self.num_classes)):
+            setattr(self, name, layers.Dense(width, **args))
+
+    def features(self, images: jax.Array) -> jax.Array:
+        """conv1_1 .. pool5."""
+        if images.shape[1] % 32 or images.shape[2] % 32:
+            raise ValueError(f"VGG-16 needs an input side divisible by 32 (five 2x2 pools), got {images.shape[1:3]}")
         x = images
         names = iter(CONV_NAMES)
         for block, widths in enumerate(BLOCKS, start=1):
-            for width in widths:
+            for _ in widths:
                 name = next(names)
-                x = nn.relu(_Conv(features=width, kernel_size=3, padding=((1, 1), (1, 1)), name=name, **layer)(x))
+                x = nn.relu(getattr(self, name)(x))
                 self.sow("intermediates", f"{name}_out", x)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = layers.max_pool(x, 2, 2, self.pool_gradient)
             self.sow("intermediates", f"pool{block}", x)
-        x = x.reshape(x.shape[0], -1)
-        for name, width in (("fc6", 4096), ("fc7", 4096), ("fc8", self.num_classes)):
-            x = _Dense(features=width, name=name, **layer)(x)
-            if name != "fc8":
-                x = nn.relu(x)
-                if train:
-                    x = mesh_dropout(
-                        self.make_rng("dropout"), x, self.dropout_rate, self.model_axis, self.data_axis, first_example
-                    )
+        return x
+
+    def classifier(self, maps: jax.Array, train: bool = False) -> jax.Array:
+        """fc6 .. fc8: float32 logits."""
+        x = maps.reshape(maps.shape[0], -1)
+        for name in ("fc6", "fc7"):
+            x = nn.relu(getattr(self, name)(x))
+            if train and self.dropout_rate > 0:
+                first = lax.axis_index(self.data_axis) * x.shape[0] if self.data_axis else 0
+                x = layers.dropout(self.make_rng("dropout"), x, self.dropout_rate, first, None)
             self.sow("intermediates", f"{name}_out", x)
+        x = self.fc8(x)
+        self.sow("intermediates", "fc8_out", x)
         return x.astype(jnp.float32)
+
+    def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+        return self.classifier(self.features(images), train)

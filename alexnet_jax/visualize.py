@@ -25,17 +25,20 @@ the config file or the workdir's `config.json`).
 
 from __future__ import annotations
 
+from alexnet_jax import cli  # first: quiets TensorFlow's start-up before anything imports it
+
+# isort: split
 import os
 import sys
 import time
 
 import jax
 import numpy as np
-import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags
 from PIL import Image, ImageDraw, ImageFont
 
-from alexnet_jax import input_pipeline, predict, preprocess
+from alexnet_jax import datasets, predict, progress, steps
+from alexnet_jax import model as model_lib
 
 BACKGROUND = (255, 255, 255)
 TILE_GAP = 2  # pixels between kernels (and between images)
@@ -55,7 +58,7 @@ def first_layer_kernel(params: dict, config) -> tuple[np.ndarray, int]:
     """(first convolution's kernel (kh, kw, 3, out), number of towers it is split into)."""
     if config.model.name == "vgg16":
         return np.asarray(params["conv1_1"]["kernel"]), 1
-    towers = 2 if config.model.variant == "paper" else 1
+    towers = model_lib.ARCHITECTURES[config.model.variant].towers
     return np.asarray(params["conv1"]["kernel"]), towers
 
 
@@ -125,7 +128,9 @@ def _caption(panel: np.ndarray, text: str) -> np.ndarray:
     return np.concatenate([np.asarray(strip), panel], axis=0)
 
 
-def kernel_figure(kernel: np.ndarray, towers: int, *, zoom: int = 4, columns: int = 16, scale: str = "each") -> np.ndarray:
+def kernel_figure(
+    kernel: np.ndarray, towers: int, *, zoom: int = 4, columns: int = 16, scale: str = "each"
+) -> np.ndarray:
     """Figure 3: one captioned panel per tower (tower 1 on top), each kernel magnified `zoom` times.
 
     The output has `towers` panels of `tile_grid` size (kernels per tower in rows of `columns`),
@@ -144,13 +149,17 @@ def kernels_command(source: dict, compare: dict | None, out: str, *, zoom: int, 
     """Writes the kernel figure of `source` (and `compare` beside it); prints colour shares per tower."""
     figures = []
     for item in [source] + ([compare] if compare else []):
-        _, params, config, _, _ = predict.load_predictor(**item)
-        kernel, towers = first_layer_kernel(params, config)
+        network = predict.load_network(**item)
+        kernel, towers = first_layer_kernel(network.params, network.config)
         name = item.get("workdir") or item.get("weights")
         shares = colour_fraction(kernel).reshape(towers, -1).mean(axis=1)
-        print(f"{name}: {kernel.shape[-1]} kernels {kernel.shape[0]}x{kernel.shape[1]}x{kernel.shape[2]}; "
-              + ", ".join(f"tower {t + 1} colour share {s:.2f}" for t, s in enumerate(shares)))  # fmt: skip
-        figures.append(_caption(kernel_figure(kernel, towers, zoom=zoom, scale=scale), os.path.basename(name.rstrip("/"))))
+        print(
+            f"{name}: {kernel.shape[-1]} kernels {kernel.shape[0]}x{kernel.shape[1]}x{kernel.shape[2]}; "
+            + ", ".join(f"tower {t + 1} colour share {s:.2f}" for t, s in enumerate(shares))
+        )
+        figures.append(
+            _caption(kernel_figure(kernel, towers, zoom=zoom, scale=scale), os.path.basename(name.rstrip("/")))
+        )
     figure = _stack(figures, axis=1)
     _save(figure, out)
     return figure
@@ -166,35 +175,31 @@ def _evenly_spaced(size: int, count: int) -> np.ndarray:
     return np.linspace(0, size - 1, count).round().astype(np.int64)
 
 
-def load_images(source: input_pipeline.Source, indices: np.ndarray, config, mean) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(centre crops as uint8 for display, network inputs, labels) of `source[indices]`.
+def load_images(source: datasets.Source, indices: np.ndarray, crop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(centre crops for display, resized uint8 images for the network, labels) of `source[indices]`.
 
-    Inputs are made as evaluation makes them (resized, minus the mean, centre crop). Unreadable
-    files are left out.
+    Unreadable files are left out.
     """
-    crop = config.model.image_size
-    subtract = mean if config.data.subtract_mean else None
-
-    def example(index):
-        image, label, ok = source.load(index)
-        shown = tf.cast(tf.clip_by_value(tf.round(preprocess.center_crop(image, crop)), 0, 255), tf.uint8)
-        return shown, input_pipeline.eval_crops(image, subtract, crop, ten_crop=False)[0], label, ok
-
-    ds = tf.data.Dataset.from_tensor_slices(indices).map(example, num_parallel_calls=tf.data.AUTOTUNE)
-    shown, inputs, labels = [], [], []
-    for s, x, y, ok in ds.as_numpy_iterator():
+    shown, images, labels = [], [], []
+    for image, label, ok in source.examples(indices).as_numpy_iterator():
         if ok:
-            shown.append(s), inputs.append(x), labels.append(y)
+            start = (image.shape[0] - crop) // 2
+            shown.append(image[start : start + crop, start : start + crop])
+            images.append(image)
+            labels.append(label)
     if not shown:
         raise ValueError("none of the chosen images could be read")
-    return np.stack(shown), np.stack(inputs), np.asarray(labels)
+    return np.stack(shown), np.stack(images), np.asarray(labels)
 
 
-def make_features_fn(net):
-    """Jitted `(params, images) -> (probabilities, fc7 features)`, dropout off."""
+def make_features_fn(network: predict.Network):
+    """Jitted `(params, uint8 resized images) -> (probabilities, fc7 features)` of the centre crop,
+    as evaluation takes it, dropout off."""
+    crop = network.config.model.image_size
 
     def features(params, images):
-        logits, state = net.apply({"params": params}, images, mutable=["intermediates"])
+        inputs = steps.test_crops(images, network.mean, crop, ten_crop=False)[:, 0]
+        logits, state = network.model.apply({"params": params}, inputs, mutable=["intermediates"])
         return jax.nn.softmax(logits), state["intermediates"]["fc7_out"][0]
 
     return jax.jit(features)
@@ -212,8 +217,13 @@ def batched_features(features_fn, params, inputs: np.ndarray, batch: int, what: 
         probs.append(np.asarray(p)[: len(chunk)]), feats.append(np.asarray(f, np.float32)[: len(chunk)])
         done = i + len(chunk)
         rate = done / max(time.time() - start, 1e-9)
-        print(f"\r{what}: {done}/{len(inputs)} images, {rate:.0f} img/s, ETA {(len(inputs) - done) / rate:.0f}s   ",
-              end="", file=sys.stderr, flush=True)  # fmt: skip
+        eta = progress.format_duration((len(inputs) - done) / rate)
+        print(
+            f"\r{what}: {done}/{len(inputs)} images, {rate:.0f} img/s, ETA {eta}   ",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
     print(file=sys.stderr)
     return np.concatenate(probs), np.concatenate(feats)
 
@@ -251,20 +261,24 @@ def neighbour_figure(query_images, query_labels, pool_images, pool_labels, neigh
 
 def neighbours_command(source: dict, out: str, *, queries: int, neighbours: int, max_pool: int, batch: int) -> dict:
     """Writes the neighbour grid; returns {"agreement": share of neighbours with the query's label, ...}."""
-    net, params, config, mean, _ = predict.load_predictor(**source)
-    data = input_pipeline.create_data(config.data, config.model.num_classes)
-    features_fn = make_features_fn(net)
-    q_shown, q_inputs, q_labels = load_images(data.eval, _evenly_spaced(data.eval.size, queries), config, mean)
-    pool_indices = np.sort(np.random.default_rng(0).permutation(data.train.size)[:max_pool]) if max_pool else np.arange(data.train.size)
-    p_shown, p_inputs, p_labels = load_images(data.train, pool_indices, config, mean)
-    _, q_feats = batched_features(features_fn, params, q_inputs, batch, "queries")
-    _, p_feats = batched_features(features_fn, params, p_inputs, batch, "training images")
+    network = predict.load_network(**source)
+    config, crop = network.config, network.config.model.image_size
+    data = datasets.create_data(config.data, config.model.num_classes)
+    features_fn = make_features_fn(network)
+    q_shown, q_inputs, q_labels = load_images(data.eval, _evenly_spaced(data.eval.size, queries), crop)
+    everything = np.arange(data.train.size)
+    pool_indices = np.sort(np.random.default_rng(0).permutation(data.train.size)[:max_pool]) if max_pool else everything
+    p_shown, p_inputs, p_labels = load_images(data.train, pool_indices, crop)
+    _, q_feats = batched_features(features_fn, network.params, q_inputs, batch, "queries")
+    _, p_feats = batched_features(features_fn, network.params, p_inputs, batch, "training images")
     order, distances = nearest_neighbours(q_feats, p_feats, min(neighbours, len(p_feats)))
     figure = neighbour_figure(_display_size(q_shown), q_labels, _display_size(p_shown), p_labels, order)
     _save(figure, out)
     agreement = float((p_labels[order] == q_labels[:, None]).mean())
-    print(f"{len(q_labels)} queries against {len(p_labels)} training images: "
-          f"{agreement:.1%} of neighbours share the query's label; median distance {np.median(distances):.3g}")  # fmt: skip
+    print(
+        f"{len(q_labels)} queries against {len(p_labels)} training images: "
+        f"{agreement:.1%} of neighbours share the query's label; median distance {np.median(distances):.3g}"
+    )
     return {"agreement": agreement, "queries": len(q_labels), "pool": len(p_labels), "figure": figure}
 
 
@@ -294,10 +308,11 @@ def _short(name: str, limit: int = 28) -> str:
 
 def predictions_command(source: dict, out: str, *, images: int, columns: int, batch: int) -> dict:
     """Writes the top-5 panel of `images` evaluation images; returns their top-5 (class, probability)."""
-    net, params, config, mean, names = predict.load_predictor(**source)
-    data = input_pipeline.create_data(config.data, config.model.num_classes)
-    shown, inputs, labels = load_images(data.eval, _evenly_spaced(data.eval.size, images), config, mean)
-    probs, _ = batched_features(make_features_fn(net), params, inputs, batch, "images")
+    network = predict.load_network(**source)
+    config, names = network.config, network.class_names
+    data = datasets.create_data(config.data, config.model.num_classes)
+    shown, inputs, labels = load_images(data.eval, _evenly_spaced(data.eval.size, images), config.model.image_size)
+    probs, _ = batched_features(make_features_fn(network), network.params, inputs, batch, "images")
     tops = [[(int(c), float(p[c])) for c in np.argsort(-p, kind="stable")[:5]] for p in probs]
     cells = [prediction_panel(img, top, names, int(y)) for img, top, y in zip(_display_size(shown), tops, labels)]
     rows = [_stack(cells[i : i + columns], axis=1, gap=TILE_GAP * 4) for i in range(0, len(cells), columns)]
@@ -327,31 +342,21 @@ def _source(path: str | None, flag_values) -> dict | None:
 
 def main(argv):
     f = flags.FLAGS
-    if logging.get_verbosity() < 1:  # Orbax's INFO lines would bury the output
-        logging.set_verbosity(logging.WARNING)
     if len(argv) != 2 or argv[1] not in COMMANDS:
-        print(f"error: give one command, {' | '.join(COMMANDS)} (got {' '.join(argv[1:]) or 'none'})", file=sys.stderr)
-        sys.exit(2)
+        raise cli.UserError(f"give one command, {' | '.join(COMMANDS)} (got {' '.join(argv[1:]) or 'none'})")
     command = argv[1]
     source = dict(workdir=f.workdir, weights=f.weights, config_path=f.config, allow_pickle=f.allow_pickle)
     out = f.out or os.path.join(f.workdir or ".", f"{command}.png")
-    try:
-        if command == "kernels":
-            kernels_command(source, _source(f.compare, f), out, zoom=f.zoom, scale=f.scale)
-        elif command == "neighbours":
-            neighbours_command(source, out, queries=f.queries, neighbours=f.neighbours, max_pool=f.max_pool, batch=f.batch)
-        else:
-            predictions_command(source, out, images=f.images, columns=f.columns, batch=f.batch)
-    except (ValueError, FileNotFoundError, KeyError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    if command == "kernels":
+        kernels_command(source, _source(f.compare, f), out, zoom=f.zoom, scale=f.scale)
+    elif command == "neighbours":
+        neighbours_command(source, out, queries=f.queries, neighbours=f.neighbours, max_pool=f.max_pool, batch=f.batch)
+    else:
+        predictions_command(source, out, images=f.images, columns=f.columns, batch=f.batch)
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("workdir", None, "A training workdir (best checkpoint, its config and statistics).")
-    flags.DEFINE_string("weights", None, "A weights file (.npz; .npy/.pth with --allow_pickle) instead of a workdir.")
-    flags.DEFINE_string("config", None, "Config file (.py) or resolved config (.json); default: the workdir's.")
-    flags.DEFINE_bool("allow_pickle", False, "Allow pickle-based weight files (only ones you trust).")
+    cli.define_network_flags()
     flags.DEFINE_string("out", None, "PNG to write; default: <workdir or .>/<command>.png.")
     flags.DEFINE_string("compare", None, "kernels: a second workdir, or weights file (with --config), drawn beside.")
     flags.DEFINE_integer("zoom", 4, "kernels: magnification of each kernel.")
@@ -362,4 +367,4 @@ if __name__ == "__main__":
     flags.DEFINE_integer("images", 8, "predictions: evaluation images shown.")
     flags.DEFINE_integer("columns", 4, "predictions: images per row.")
     flags.DEFINE_integer("batch", 64, "Images per forward pass.")
-    app.run(main)
+    cli.run(main, user_errors=(KeyError,))

@@ -24,12 +24,17 @@ torchvision's weights need `--config.model.variant=torchvision`.
 
 from __future__ import annotations
 
+from alexnet_jax import cli  # first: quiets TensorFlow's start-up before anything imports it
+
+# isort: split
 import os
-import sys
-from typing import Mapping
+from collections.abc import Mapping
 
+import jax
 import numpy as np
+from absl import flags
 
+from alexnet_jax import workdir as workdir_lib
 from alexnet_jax.model import LAYER_NAMES, count_params
 
 # torchvision.models.alexnet state-dict prefixes of our layers.
@@ -173,7 +178,9 @@ def load(path: str, *, allow_pickle: bool = False) -> dict[str, dict[str, np.nda
         try:
             import torch
         except ImportError:
-            raise ImportError("reading .pth files needs PyTorch: pip install torch (or convert to .npz elsewhere)") from None
+            raise ImportError(
+                "reading .pth files needs PyTorch: pip install torch (or convert to .npz elsewhere)"
+            ) from None
         state = torch.load(path, map_location="cpu", weights_only=True)
         return from_torch_layout({key: value.numpy() for key, value in state.items()})
     raise ValueError(f"unknown weights format {extension!r} for {path}: use .npz, .npy or .pth")
@@ -183,7 +190,9 @@ def save(params: Mapping[str, Mapping[str, np.ndarray]], path: str, *, names: st
     """Writes `params` as .npz (canonical), .npy (Caffe form) or .pth (PyTorch state dict, `names`)."""
     extension = os.path.splitext(path)[1].lower()
     if extension == ".npz":
-        flat = {f"{layer}/{leaf}": np.asarray(params[layer][leaf]) for layer in LAYER_NAMES for leaf in ("kernel", "bias")}
+        flat = {
+            f"{layer}/{leaf}": np.asarray(params[layer][leaf]) for layer in LAYER_NAMES for leaf in ("kernel", "bias")
+        }
         np.savez(path, **flat)
     elif extension == ".npy":
         np.save(path, np.array(to_caffe_layout(params), dtype=object), allow_pickle=True)
@@ -202,11 +211,8 @@ def convert(source: str, out: str, *, allow_pickle: bool = False, names: str = "
     """Writes the weights of `source` (a weights file, or a training workdir's best checkpoint) to
     `out`, in the format its extension names; returns the canonical tree."""
     if os.path.isdir(source):
-        import jax
-
-        from alexnet_jax import predict
-
-        params = jax.tree.map(np.asarray, predict.load_predictor(source, None, None)[1])
+        config = cli.load_config(os.path.join(source, workdir_lib.CONFIG_FILE))
+        params = jax.tree.map(np.asarray, workdir_lib.restore_params(source, config, "best")[0])
     else:
         params = load(source, allow_pickle=allow_pickle)
     save(params, out, names=names)
@@ -214,25 +220,18 @@ def convert(source: str, out: str, *, allow_pickle: bool = False, names: str = "
 
 
 def main(argv):
-    from absl import flags, logging
-
-    if logging.get_verbosity() < 1:  # Orbax's INFO lines would bury the output
-        logging.set_verbosity(logging.WARNING)
     if len(argv) != 3:
-        print("error: give SOURCE (weights file or workdir) and OUT (.npz, .npy or .pth)", file=sys.stderr)
-        sys.exit(2)
-    try:
-        params = convert(argv[1], argv[2], allow_pickle=flags.FLAGS.allow_pickle, names=flags.FLAGS.names)
-    except (ValueError, KeyError, FileNotFoundError, ImportError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        raise cli.UserError("give SOURCE (weights file or workdir) and OUT (.npz, .npy or .pth)")
+    params = convert(argv[1], argv[2], allow_pickle=flags.FLAGS.allow_pickle, names=flags.FLAGS.names)
     print(f"wrote {argv[2]}: {len(params)} layers, {count_params(params):,} parameters")
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-
     flags.DEFINE_bool("allow_pickle", False, "Allow reading pickle-based files (.npy, .pth): only ones you trust.")
-    flags.DEFINE_enum("names", "torchvision", ["torchvision", "layer"],
-                      ".pth keys: torchvision's (features.0.weight ...) or ours (conv1.weight ...).")  # fmt: skip
-    app.run(main)
+    flags.DEFINE_enum(
+        "names",
+        "torchvision",
+        ["torchvision", "layer"],
+        ".pth keys: torchvision's (features.0.weight ...) or ours (conv1.weight ...).",
+    )
+    cli.run(main, user_errors=(KeyError, ImportError))

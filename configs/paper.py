@@ -15,7 +15,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.model = model = ml_collections.ConfigDict()
     model.name = "alexnet"  # "alexnet" | "vgg16" (configs/vgg16.py).
-    model.variant = "paper"  # "paper" two towers (sec. 3.5) | "torchvision" single tower.
+    model.variant = "paper"  # "paper": two towers (sec. 3.5) | "one_tower": sec. 3.2's half-width
+    # comparison net on one GPU | "torchvision": single tower, no LRN.
     model.num_classes = 1000  # ILSVRC classes (sec. 2).
     model.image_size = 224  # Crop side fed to conv1 (sec. 4.1); 227 works too, no padding.
     model.lrn = True  # Local response normalisation after conv1 and conv2 (sec. 3.3).
@@ -24,9 +25,17 @@ def get_config() -> ml_collections.ConfigDict:
     model.lrn_alpha = 1e-4  # Sec. 3.3, as printed (PyTorch/Caffe would need 5e-4).
     model.lrn_beta = 0.75  # Sec. 3.3.
     model.dropout_rate = 0.5  # Sec. 4.2: on fc6 and fc7 outputs, training only.
+    model.fc_width = 4096  # Neurons in fc6 and fc7 (sec. 3.5).
+    model.activation = "relu"  # Sec. 3.1: ReLU after every layer but fc8 ("tanh" to compare).
+    model.pool_window = 3  # Sec. 3.4: overlapping pooling, z = 3 ...
+    model.pool_stride = 2  # ... and s = 2 (z = s = 2 is the non-overlapping comparison).
     model.init_scheme = "paper"  # Sec. 5: N(0, 0.01^2); "cuda-convnet" | "caffe" variants.
     model.dtype = "float32"  # Compute dtype: "float32" | "bfloat16"; parameters stay float32.
-    model.grouped_conv = "split"  # "split" | "feature_group": same numbers, speed differs.
+    # Implementations with the same numbers; "auto" picks the faster one measured on the backend
+    # (alexnet_jax/layers.py, BENCHMARKS.md):
+    model.grouped_conv = "auto"  # "split" (two half convolutions) | "feature_group".
+    model.pool_gradient = "auto"  # "custom" (hand-written) | "xla" (select-and-scatter).
+    model.lrn_gradient = "auto"  # "custom" (hand-written) | "autodiff".
 
     config.data = data = ml_collections.ConfigDict()
     data.source = "tfds"  # "tfds" | "folder" | "digits" | "fake".
@@ -73,6 +82,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.parallel = parallel = ml_collections.ConfigDict()
     parallel.model = 1  # 2: the paper's two towers on two devices (sec. 3.2).
     parallel.data = -1  # Data-parallel replicas; -1 = every device left.
-    parallel.micro_batch = -1  # Examples per forward/backward chunk; -1: 16 on CPUs at 224 px, else whole; 0: whole.
+    parallel.micro_batch = -1  # Examples per chunk of the conv layers; -1: 16 on CPUs at 224 px, else whole; 0: whole.
     parallel.distributed = False  # Call jax.distributed.initialize() (several hosts).
     return config

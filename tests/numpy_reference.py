@@ -42,7 +42,10 @@ def max_pool(x):
 def alexnet_forward(weights, images_nchw, conv1_pad=((0, 0), (0, 0)), towers=2, use_lrn=True, k=2.0, alpha=1e-4):
     """Logits (eval mode) from `<layer>.weight/.bias` arrays: the paper's two-tower network, or
     with towers=1, use_lrn=False and conv1_pad=((2, 2), (2, 2)) torchvision's single tower."""
-    relu = lambda v: np.maximum(v, 0)
+
+    def relu(v):
+        return np.maximum(v, 0)
+
     norm = (lambda v: lrn(v, towers, k=k, alpha=alpha)) if use_lrn else (lambda v: v)
     w = {k: v.astype(np.float64) for k, v in weights.items()}
     x = images_nchw.astype(np.float64)
@@ -61,11 +64,21 @@ def random_torch_weights(rng, num_classes=1000, pool5_side=6, std=0.01, variant=
     """Random weights in PyTorch layout: the paper network (grouped kernels (out, in/2, kh, kw))
     or torchvision's single tower."""
     if variant == "paper":
-        convs = {"conv1": (96, 3, 11, 11), "conv2": (256, 48, 5, 5), "conv3": (384, 256, 3, 3),
-                 "conv4": (384, 192, 3, 3), "conv5": (256, 192, 3, 3)}  # fmt: skip
+        convs = {
+            "conv1": (96, 3, 11, 11),
+            "conv2": (256, 48, 5, 5),
+            "conv3": (384, 256, 3, 3),
+            "conv4": (384, 192, 3, 3),
+            "conv5": (256, 192, 3, 3),
+        }
     else:
-        convs = {"conv1": (64, 3, 11, 11), "conv2": (192, 64, 5, 5), "conv3": (384, 192, 3, 3),
-                 "conv4": (256, 384, 3, 3), "conv5": (256, 256, 3, 3)}  # fmt: skip
+        convs = {
+            "conv1": (64, 3, 11, 11),
+            "conv2": (192, 64, 5, 5),
+            "conv3": (384, 192, 3, 3),
+            "conv4": (256, 384, 3, 3),
+            "conv5": (256, 256, 3, 3),
+        }
     shapes = {
         **convs,
         "fc6": (4096, 256 * pool5_side * pool5_side),

@@ -1,12 +1,44 @@
-"""bench/torch_compare.py: its PyTorch network computes ours (when PyTorch is installed), and its
-Markdown rows carry the measured figures."""
+"""The benchmarks: bench/gpu.sh runs end to end in its reduced form; bench/torch_compare.py's PyTorch
+network computes ours (when PyTorch is installed); their Markdown rows carry the measured figures."""
 
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT, cli_env
+
+
+def test_the_gpu_command_runs_in_its_reduced_form(tmp_path):
+    """Every kind of row (the implementation choices, training, the prepared copy) on a CPU, in seconds."""
+    out, table = tmp_path / "gpu.json", tmp_path / "BENCHMARKS.md"
+    command = [
+        os.path.join(ROOT, "bench", "gpu.sh"),
+        "--reduced",
+        "--choices=pool_gradient",
+        f"--out={out}",
+        f"--markdown={table}",
+    ]
+    env = {**cli_env(devices=1), "PYTHON": sys.executable}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    kinds = [(r["what"], r["change"]) for r in result["rows"]]
+    assert kinds == [
+        ("choice", ""),
+        ("choice", "pool_gradient=xla"),
+        ("train", result["rows"][2]["change"]),
+        ("prepared", result["rows"][2]["change"]),
+    ]
+    for row in result["rows"]:
+        assert "error" not in row, row
+        assert row["images_per_s"] > 0 and row["compile_s"] > 0 and row["loss_finite"]
+    text = table.read_text()
+    assert "```bash\nbench/gpu.sh --reduced\n```" in text
+    assert text.count("| jax | float32 | 4 |") == 4
 
 
 @pytest.fixture(scope="module")
@@ -19,15 +51,51 @@ def bench():
 
 def test_markdown_section_lists_every_row(bench):
     result = {
-        "machine": dict(date="2026-11-23", cpu="Test CPU", cores=2, device="cpu", backend="cpu", jax="0", torch="0",
-                        torch_threads=2, python="3.11"),  # fmt: skip
-        "args": dict(batches="8", repeats=3, warmup=1, dtype="float32", torch_modes="eager", what="train", pause=1.0,
-                     micro_batch=-1),  # fmt: skip
+        "machine": dict(
+            date="2026-11-23",
+            cpu="Test CPU",
+            cores=2,
+            device="cpu",
+            backend="cpu",
+            jax="0",
+            torch="0",
+            torch_threads=2,
+            python="3.11",
+        ),
+        "args": dict(
+            batches="8",
+            repeats=3,
+            warmup=1,
+            dtype="float32",
+            torch_modes="eager",
+            what="train",
+            pause=1.0,
+            micro_batch=-1,
+        ),
         "rows": [
-            dict(what="train", batch=8, framework="jax", micro_batch=4, images_per_s=12.5, step_median_s=0.64,
-                 compile_s=3.0, peak_memory_mb=1500.0, tflops=0.05, vs_fastest_torch=1.25),  # fmt: skip
-            dict(what="train", batch=8, framework="torch eager", micro_batch=None, images_per_s=10.0,
-                 step_median_s=0.8, compile_s=1.0, peak_memory_mb=None, tflops=0.04),  # fmt: skip
+            dict(
+                what="train",
+                batch=8,
+                framework="jax",
+                micro_batch=4,
+                images_per_s=12.5,
+                step_median_s=0.64,
+                compile_s=3.0,
+                peak_memory_mb=1500.0,
+                tflops=0.05,
+                vs_fastest_torch=1.25,
+            ),
+            dict(
+                what="train",
+                batch=8,
+                framework="torch eager",
+                micro_batch=None,
+                images_per_s=10.0,
+                step_median_s=0.8,
+                compile_s=1.0,
+                peak_memory_mb=None,
+                tflops=0.04,
+            ),
         ],
     }
     text = bench.markdown_section(result)
@@ -41,10 +109,17 @@ def test_the_pytorch_network_computes_ours(bench):
     ours = bench.JaxContender("float32", 2, micro_batch=0)
     theirs = bench.TorchContender(torch, "eager", "cpu", "float32", ours.state.params)
     assert bench.check_same_network(ours, theirs) < 1e-4
-    images, labels, crops = bench.random_batch(2)
-    theirs.set_batch(images, labels, crops[:, :2])
+    images, labels, resized, crops = bench.random_batch(2)
+    theirs.set_batch(images, labels, crops)
+    ours.set_batch(images, labels, resized, what=("eval10",))
+    # Both evaluate the same ten crops: PyTorch from the host's crops, ours from the uint8 images.
+    theirs.net.eval()
+    with torch.no_grad():
+        probs = torch.softmax(theirs.net(theirs.crops), -1).view(2, 10, -1).mean(1)
+    top5 = probs.topk(5, -1).indices.numpy()
+    sums = ours.eval10()
+    assert float(sums["top5_correct"]) == sum(label in row for label, row in zip(labels, top5))
     before = [p.detach().clone() for p in theirs.net.parameters()]
     theirs.train()
     assert any(not torch.equal(a, b) for a, b in zip(before, theirs.net.parameters()))
     assert tuple(theirs.eval().shape) == (2, 5)
-

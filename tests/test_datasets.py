@@ -1,16 +1,18 @@
-"""On-disk sources: image folders (any colour mode, broken files skipped) and tfds builds."""
+"""Sources: image folders (any colour mode, decoded by TensorFlow, PIL for what it cannot, broken files
+skipped and counted), tfds builds, and the statistics they carry."""
+
+import io
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
-from alexnet_jax import datasets, input_pipeline, train
+from alexnet_jax import datasets, input_pipeline, statistics, train
 from configs import smoke
 
-
 COLOURS = {"cat": (200, 40, 40), "dog": (40, 40, 200)}
-GOOD_FILES = ("alpha.png", "cmyk.jpg", "gray.png", "rgb.jpg")  # sorted, as the source lists them
+GOOD_FILES = ("alpha.png", "cmyk.jpg", "gray.png", "rgb.jpg", "tiff.png")  # sorted, as the source lists them
 
 
 def write_image_folder(root, bad=True):
@@ -26,6 +28,9 @@ def write_image_folder(root, bad=True):
             with_alpha = plain.convert("RGBA")
             with_alpha.putalpha(255)
             with_alpha.save(directory / "alpha.png")
+            tiff = io.BytesIO()
+            plain.save(tiff, "TIFF")  # a format TensorFlow cannot decode, under an image extension
+            (directory / "tiff.png").write_bytes(tiff.getvalue())
             (directory / "notes.txt").write_text("not an image, and not listed")
             if bad:
                 (directory / "corrupt.jpg").write_bytes(b"this is not a JPEG")
@@ -41,35 +46,44 @@ def folder_config(root, resize=24):
     return config
 
 
-def test_image_folder_colour_modes_become_rgb(tmp_path):
+def counting_pil(monkeypatch) -> list:
+    """Records the files that reach PIL (those TensorFlow could not decode)."""
+    calls, original = [], datasets.decode_rgb
+    monkeypatch.setattr(datasets, "decode_rgb", lambda encoded: calls.append(encoded[:4]) or original(encoded))
+    return calls
+
+
+def test_image_folder_colour_modes_become_rgb_and_only_what_tf_cannot_read_goes_to_pil(tmp_path, monkeypatch):
     write_image_folder(tmp_path, bad=False)
-    data = datasets.load(folder_config(tmp_path))
-    assert data.class_names == ("cat", "dog") and data.train.size == 8 and data.eval.size == 8
-    for index in range(8):
-        image, label, ok = data.train.load(tf.constant(index))
+    data = datasets.create_data(folder_config(tmp_path), 2)
+    assert data.class_names == ("cat", "dog") and data.train.size == 10 and data.eval.size == 10
+    calls = counting_pil(monkeypatch)
+    for index, (image, label, ok) in enumerate(data.train.examples(range(10)).as_numpy_iterator()):
         name = ("cat", "dog")[int(label)]
-        assert bool(ok) and image.shape == (24, 24, 3) and int(label) == index // 4
-        expected = COLOURS[name] if GOOD_FILES[index % 4] != "gray.png" else (np.dot(COLOURS[name], [0.299, 0.587, 0.114]),) * 3
-        np.testing.assert_allclose(image.numpy().mean(axis=(0, 1)), expected, atol=6)
+        assert ok and image.shape == (24, 24, 3) and image.dtype == np.uint8 and int(label) == index // 5
+        gray = GOOD_FILES[index % 5] == "gray.png"
+        expected = (np.dot(COLOURS[name], [0.299, 0.587, 0.114]),) * 3 if gray else COLOURS[name]
+        np.testing.assert_allclose(image.mean(axis=(0, 1)), expected, atol=6)
+    assert calls == [b"II*\x00", b"II*\x00"]  # the two TIFF files, and nothing else
 
 
 def test_bad_files_are_skipped_and_counted(tmp_path):
     write_image_folder(tmp_path)
     config = folder_config(tmp_path)
-    data = datasets.load(config)
-    assert data.train.size == 12  # 6 listed files per class, 2 of them broken
+    data = datasets.create_data(config, 2)
+    assert data.train.size == 14  # 7 listed files per class, 2 of them broken
     batches = input_pipeline.train_batches(data, config, crop=24, global_batch=4, start_step=0, seed=0)
-    labels = np.concatenate([next(batches)["labels"] for _ in range(2)])  # 8 readable examples
-    assert sorted(labels.tolist()) == [0, 0, 0, 0, 1, 1, 1, 1]
+    labels = np.concatenate([next(batches)["labels"] for _ in range(2)])  # 8 of the 10 readable examples
+    assert sorted(labels.tolist()) in ([0] * 4 + [1] * 4, [0] * 5 + [1] * 3, [0] * 3 + [1] * 5)
     next(batches)  # the first epoch is over (its broken files were all read), the second begins
     assert data.unreadable.count == 4 and data.unreadable.latest().endswith(("corrupt.jpg", "truncated.jpg"))
-    evaluation = list(input_pipeline.eval_batches(data, config, crop=24, global_batch=4, ten_crop=False))
-    assert sum(b["mask"].sum() for b in evaluation) == 8  # broken validation files are masked out
+    evaluation = list(input_pipeline.eval_batches(data, global_batch=4))
+    assert sum(b["mask"].sum() for b in evaluation) == 10  # broken validation files are masked out
 
 
 def test_missing_folder_names_what_was_expected(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"expected .*/train/<class>/\*.jpg .*/val/<class>/\*.jpg"):
-        datasets.load(folder_config(tmp_path / "nowhere"))
+        datasets.create_data(folder_config(tmp_path / "nowhere"), 2)
 
 
 def build_tfds(data_dir, file_format="array_record"):
@@ -86,9 +100,13 @@ def build_tfds(data_dir, file_format="array_record"):
         {"image": tfds.features.Image(shape=(None, None, 3)), "label": tfds.features.ClassLabel(names=["a", "b", "c"])}
     )
     tfds.dataset_builders.store_as_tfds_dataset(
-        name="tiny_images", version="1.0.0", features=features, data_dir=str(data_dir),
-        split_datasets={"train": split(24), "validation": split(10)}, file_format=file_format,
-    )  # fmt: skip
+        name="tiny_images",
+        version="1.0.0",
+        features=features,
+        data_dir=str(data_dir),
+        split_datasets={"train": split(24), "validation": split(10)},
+        file_format=file_format,
+    )
 
 
 def tfds_config(data_dir):
@@ -103,12 +121,11 @@ def tfds_config(data_dir):
 def test_tfds_build_feeds_training_and_evaluation(tmp_path):
     build_tfds(tmp_path)
     config = tfds_config(tmp_path)
-    data = datasets.load(config.data)
+    data = datasets.create_data(config.data, 3)
     assert (data.train.size, data.eval.size, data.class_names) == (24, 10, ("a", "b", "c"))
-    image, _, ok = data.train.load(tf.constant(4))
-    assert tuple(image.shape) == (72, 72, 3) and bool(ok)
-    labels = [int(data.train.load(tf.constant(i))[1]) for i in range(24)]
-    assert np.bincount(labels).tolist() == [8, 8, 8]
+    examples = list(data.train.examples(range(24)).as_numpy_iterator())
+    assert all(image.shape == (72, 72, 3) and ok for image, _, ok in examples)
+    assert np.bincount([label for _, label, _ in examples]).tolist() == [8, 8, 8]
     config.parallel.data = 1
     result = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert result["count"] == 10 and result["unreadable"] == 0 and "ten_crop_top1_error" in result
@@ -117,15 +134,46 @@ def test_tfds_build_feeds_training_and_evaluation(tmp_path):
 def test_tfds_not_prepared_or_wrong_format_is_explained(tmp_path):
     config = tfds_config(tmp_path)
     config.data.name = "mnist"
-    with pytest.raises(FileNotFoundError, match=r"is not prepared .*`tfds build mnist --data_dir=.* --file_format=array_record`"):
-        datasets.load(config.data)
+    with pytest.raises(
+        FileNotFoundError, match=r"is not prepared .*`tfds build mnist --data_dir=.* --file_format=array_record`"
+    ):
+        datasets.create_data(config.data, 3)
     config.data.name = "imagenet2012"
     with pytest.raises(FileNotFoundError, match="ILSVRC2012_img_val.tar"):
-        datasets.load(config.data)
+        datasets.create_data(config.data, 3)
     config.data.name = "no_such_dataset"
     with pytest.raises(FileNotFoundError, match="neither in the tensorflow-datasets catalog nor built in"):
-        datasets.load(config.data)
+        datasets.create_data(config.data, 3)
     build_tfds(tmp_path / "tfrecord", file_format="tfrecord")
     config = tfds_config(tmp_path / "tfrecord")
     with pytest.raises(ValueError, match="needs array_record"):
-        datasets.load(config.data)
+        datasets.create_data(config.data, 3)
+
+
+def test_builtin_imagenet_statistics_read_the_paper_as_prepare_does():
+    """Without stats.npz, the colour shift has the magnitude `prepare` would measure on ImageNet-like
+    pixels: the standard deviation along each principal axis on the 0-255 scale."""
+    variances = np.array([0.2175, 0.0188, 0.0045]) * 255.0**2  # fb.resnet.torch's eigenvalues, 0-1 pixels
+    covariance = statistics.IMAGENET_PCA_AXES @ np.diag(variances) @ statistics.IMAGENET_PCA_AXES.T
+    pixels = np.random.default_rng(0).multivariate_normal([120, 115, 105], covariance, size=200_000)
+    _, scale, _ = statistics.rgb_statistics(pixels.reshape(-1, 10, 10, 3))
+    np.testing.assert_allclose(scale, statistics.IMAGENET_PCA_SCALE, rtol=0.02)
+    # With section 4.1's sigma of 0.1, the shift along each axis is about [11.9, 3.5, 1.7] grey levels.
+    np.testing.assert_allclose(0.1 * statistics.IMAGENET_PCA_SCALE, [11.9, 3.5, 1.7], atol=0.05)
+    mean, scale, axes = statistics.read_statistics("/nonexistent", 256)
+    assert scale is statistics.IMAGENET_PCA_SCALE and mean.shape == (3,)
+
+
+def test_rgb_statistics_of_gray_images_have_one_axis():
+    images = np.repeat(np.random.default_rng(0).integers(0, 256, (20, 4, 4, 1)), 3, axis=-1).astype(np.uint8)
+    mean, scale, axes = statistics.rgb_statistics(images)
+    assert mean.shape == (4, 4, 3)
+    np.testing.assert_allclose(np.abs(axes[:, 0]), 1 / np.sqrt(3), rtol=1e-5)
+    np.testing.assert_allclose(scale[0], np.sqrt(3 * images[..., 0].astype(np.float64).var(ddof=1)), rtol=1e-4)
+    assert scale[1] < 1e-3 * scale[0]
+
+
+def test_class_count_mismatch_is_a_clear_error():
+    config = smoke.get_config()
+    with pytest.raises(ValueError, match="set --config.model.num_classes=4"):
+        datasets.create_data(config.data, 10)

@@ -42,24 +42,6 @@ def test_paper_update_rule_across_a_rate_cut(bias_lr, bias_wd):
         np.testing.assert_allclose(np.asarray(ours[k]), expected[k], rtol=1e-6, atol=1e-7)
 
 
-def test_optax_sgd_differs_after_a_cut():
-    """Why the rule is ours: optax's momentum SGD applies the new rate to the old velocity too."""
-    params = {"kernel": jnp.ones(3)}
-    grads = [{"kernel": jnp.ones(3)}] * 3
-    rates = [0.01, 0.01, 0.001]
-    ours_state, ours = optim.paper_sgd(weight_decay=0.0).init(params), params
-    for g, lr in zip(grads, rates):
-        upd, ours_state = optim.paper_sgd(weight_decay=0.0).update(g, ours_state, ours, learning_rate=lr)
-        ours = optax.apply_updates(ours, upd)
-    theirs = params
-    opt_state = optax.sgd(1.0, momentum=0.9).init(params)
-    for g, lr in zip(grads, rates):
-        tx = optax.sgd(lr, momentum=0.9)
-        upd, opt_state = tx.update(g, opt_state, theirs)
-        theirs = optax.apply_updates(theirs, upd)
-    assert not np.allclose(np.asarray(ours["kernel"]), np.asarray(theirs["kernel"]))
-
-
 def test_paper_sgd_needs_params():
     optimizer = optim.paper_sgd()
     with pytest.raises(ValueError, match="needs the parameters"):
@@ -70,7 +52,9 @@ def run_plateau(errors, patience=2, max_cuts=3, min_delta=0.0):
     state = optim.PlateauState(learning_rate=0.01)
     rates = []
     for error in errors:
-        state = optim.plateau_update(state, error, factor=0.1, patience=patience, min_delta=min_delta, max_cuts=max_cuts)
+        state = optim.plateau_update(
+            state, error, factor=0.1, patience=patience, min_delta=min_delta, max_cuts=max_cuts
+        )
         rates.append(state.learning_rate)
     return rates, state
 
@@ -90,8 +74,24 @@ def test_plateau_never_cuts_more_than_max():
 
 
 def test_plateau_min_delta_counts_small_gains_as_stalls():
-    rates, _ = run_plateau([0.5, 0.4995, 0.499], patience=2, min_delta=0.001)
+    rates, state = run_plateau([0.5, 0.4995, 0.4992], patience=2, min_delta=0.001)
     assert rates[-1] == pytest.approx(0.001)
+    assert state.best_error == 0.5  # a gain below min_delta does not move the reference
+
+
+def test_plateau_slow_steady_improvement_is_not_a_plateau():
+    """0.06 % better at every evaluation, with the paper config's min_delta (0.1 %) and patience (2):
+    the error falls by more than min_delta every second evaluation, so the rate is never cut.
+    (Had the reference followed every small gain, each evaluation would count as a stall and the
+    three cuts would all come within six evaluations.)"""
+    errors = [0.6 - 0.0006 * i for i in range(30)]
+    rates, state = run_plateau(errors, patience=2, min_delta=0.001, max_cuts=3)
+    assert state.cuts == 0 and set(rates) == {0.01}
+    assert state.best_error == pytest.approx(errors[-2])  # moved on every second evaluation
+    # Slower than min_delta per `patience` evaluations: a plateau, cut after every `patience` stalls.
+    errors = [0.6 - 0.0004 * i for i in range(8)]
+    rates, state = run_plateau(errors, patience=2, min_delta=0.001, max_cuts=3)
+    assert rates[:3] == pytest.approx([0.01, 0.01, 0.001]) and state.cuts == 2
 
 
 def test_step_and_cosine_schedules():

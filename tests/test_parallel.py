@@ -1,4 +1,9 @@
-"""Two towers on two devices and data parallelism equal the single-device network exactly."""
+"""Every device layout computes the single-device network, at the paper's operating point.
+
+224 and 227 pixel crops of 256 x 256 images, 1,000 classes, the meshes (1, 1), (1, 2) (the paper's
+two towers), (2, 2) and (4, 2): logits, gradients, a whole training step with the default
+micro-batching, and the 10-crop evaluation step, each against plain single-device code.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -7,83 +12,134 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from alexnet_jax import input_pipeline, optim, parallel, steps
 from alexnet_jax import model as model_lib
-from alexnet_jax import optim, parallel, steps
+from tests.helpers import assert_trees_close
 
 MESHES = [(1, 1), (1, 2), (2, 2), (4, 2)]
-SIZE = 67
-BATCH = 8
+RESIZE, TRAIN_BATCH, EVAL_BATCH = 256, 16, 4
+LEARNING_RATE, WEIGHT_DECAY = 0.01, 5e-4
 
 
-@pytest.fixture(scope="module")
-def setup():
-    net = model_lib.AlexNet(num_classes=10)
-    params = model_lib.init_params(net, jax.random.key(0), SIZE)
-    batch = {
-        "images": jax.random.normal(jax.random.key(1), (BATCH, SIZE, SIZE, 3)) * 60.0,
-        "labels": jnp.arange(BATCH) % 10,
+def forward_on_mesh(net, mesh, params, images):
+    """Evaluation-mode logits of `images` with the network laid out on `mesh`."""
+    tower_net = net.clone(model_axis=parallel.MODEL, data_axis=parallel.DATA)
+    forward = jax.shard_map(
+        lambda p, x: tower_net.apply({"params": p}, x),
+        mesh=mesh,
+        in_specs=(parallel.param_specs(params), P(parallel.DATA)),
+        out_specs=P(parallel.DATA),
+        check_vma=False,
+    )
+    return jax.jit(forward)(params, images)
+
+
+def host_ten_crops(images: np.ndarray, mean: np.ndarray, crop: int) -> np.ndarray:
+    """Section 4.1's ten patches, cut in NumPy: (N, 10, crop, crop, 3)."""
+    centred = images.astype(np.float32) - mean
+    far, mid = images.shape[1] - crop, (images.shape[1] - crop) // 2
+    corners = [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]
+    patches = [centred[:, top : top + crop, left : left + crop] for top, left in corners]
+    return np.stack(patches + [p[:, :, ::-1] for p in patches], axis=1)
+
+
+@pytest.fixture(scope="module", params=[224, 227], ids=lambda size: f"{size}px")
+def operating_point(request, paper_params):
+    size = request.param
+    net, rng = model_lib.AlexNet(), np.random.default_rng(size)
+    mean = rng.uniform(90, 140, (RESIZE, RESIZE, 3)).astype(np.float32)
+    far = RESIZE - size
+    train_batch = {
+        "images": rng.integers(0, 256, (TRAIN_BATCH, size, size, 3), dtype=np.uint8),
+        "labels": rng.integers(0, 1000, TRAIN_BATCH).astype(np.int32),
+        "window": np.stack(
+            [
+                rng.integers(0, far + 1, TRAIN_BATCH),
+                rng.integers(0, far + 1, TRAIN_BATCH),
+                rng.integers(0, 2, TRAIN_BATCH),
+            ],
+            axis=1,
+        ).astype(np.int32),
+        "lighting": rng.normal(0, 10, (TRAIN_BATCH, 3)).astype(np.float32),
     }
-    return net, params, batch
+    eval_batch = {
+        "images": rng.integers(0, 256, (EVAL_BATCH, RESIZE, RESIZE, 3), dtype=np.uint8),
+        "labels": rng.integers(0, 1000, EVAL_BATCH).astype(np.int32),
+        "mask": np.array([1, 1, 1, 0], np.float32),  # the last one is padding
+    }
+    root_key = jax.random.key(5)
+    # The reference: plain single-device code, no shard_map, no chunks, the host's normalisation.
+    images = jnp.asarray(input_pipeline.normalise(train_batch, mean))
+    logits = jax.jit(lambda p, x: net.apply({"params": p}, x))(paper_params, images[:8])
+
+    def loss_fn(params):
+        out = net.apply({"params": params}, images, train=True, rngs={"dropout": jax.random.fold_in(root_key, 0)})
+        return optax.softmax_cross_entropy_with_integer_labels(out, train_batch["labels"]).mean()
+
+    loss, grads = jax.jit(jax.value_and_grad(loss_fn))(paper_params)
+    grads = jax.device_get(grads)  # the update in NumPy: no small programs to compile
+    velocity = jax.tree.map(lambda w, g: -WEIGHT_DECAY * LEARNING_RATE * w - LEARNING_RATE * g, paper_params, grads)
+    crops = host_ten_crops(eval_batch["images"], mean, size).reshape(-1, size, size, 3)
+    probs = jax.nn.softmax(jax.jit(lambda p, x: net.apply({"params": p}, x))(paper_params, crops))
+    probs = np.asarray(probs).reshape(EVAL_BATCH, 10, -1).mean(axis=1)
+    ranked = np.argsort(-probs, axis=1, kind="stable")[:, :5]
+    real = eval_batch["mask"] > 0
+    reference = {
+        "logits": np.asarray(logits),
+        "loss": float(loss),
+        "velocity": velocity,
+        "params": jax.tree.map(np.add, paper_params, velocity),
+        "top1": int((ranked[:, 0] == eval_batch["labels"])[real].sum()),
+        "top5": int((ranked == eval_batch["labels"][:, None]).any(axis=1)[real].sum()),
+        "loss_sum": float(-np.log(probs[np.arange(EVAL_BATCH), eval_batch["labels"]] + 1e-12)[real].sum()),
+    }
+    return dict(
+        size=size,
+        net=net,
+        mean=mean,
+        train_batch=train_batch,
+        eval_batch=eval_batch,
+        images=images,
+        root_key=root_key,
+        reference=reference,
+    )
 
 
-def reference_gradients(net, params, batch, rng):
-    """Plain single-device autodiff, no shard_map: the grouped network as model.py defines it."""
+@pytest.mark.parametrize("shape", MESHES, ids=lambda s: f"mesh{s[0]}x{s[1]}")
+def test_every_mesh_computes_the_single_device_network(operating_point, paper_params, shape):
+    op, ref = operating_point, operating_point["reference"]
+    net, mesh = op["net"], parallel.make_mesh(*shape)
+    params = parallel.shard(paper_params, mesh, parallel.param_specs(paper_params))
 
-    def loss_fn(p):
-        logits = net.apply({"params": p}, batch["images"], train=True, rngs={"dropout": rng})
-        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean(), logits
+    logits = forward_on_mesh(net, mesh, params, op["images"][:8])
+    assert_trees_close(logits, ref["logits"])
+    # A whole training step, the micro-batching the training loop would choose (chunks of 8 on a
+    # CPU where a device holds all 16 examples, the whole batch where it holds 8 or 4); the new velocity is
+    # -wd * lr * w - lr * gradient, so it compares the gradients too.
+    optimizer = optim.paper_sgd(momentum=0.9, weight_decay=WEIGHT_DECAY)
+    micro_batch = steps.resolve_micro_batch(-1, TRAIN_BATCH // shape[0], op["size"])
+    assert micro_batch == (8 if shape[0] == 1 else 0)
+    zero_velocity = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), jax.eval_shape(optimizer.init, params))
+    state = steps.TrainState(  # (donated to the step: parameters of its own, from the host copy)
+        step=jnp.zeros((), jnp.int32),
+        params=parallel.shard(paper_params, mesh, parallel.param_specs(paper_params)),
+        opt_state=parallel.shard(zero_velocity, mesh, parallel.param_specs(zero_velocity)),
+        learning_rate=jnp.float32(LEARNING_RATE),
+        nonfinite=jnp.zeros(3, jnp.float32),
+    )
+    train_step = steps.make_train_step(net, optimizer, mesh, op["mean"], micro_batch)
+    state, metrics = train_step(state, parallel.host_batch_to_global(op["train_batch"], mesh), op["root_key"])
+    np.testing.assert_allclose(float(metrics["loss"]), ref["loss"], rtol=1e-5)
+    assert_trees_close(state.opt_state.velocity, ref["velocity"])
+    assert_trees_close(state.params, ref["params"])
+    # The stored tree is the canonical one on every mesh: each device holds its tower's output half.
+    kernel = state.params["fc6"]["kernel"]
+    assert kernel.shape == (9216, 4096) and kernel.sharding.shard_shape(kernel.shape) == (9216, 4096 // shape[1])
 
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    return loss, logits, grads
-
-
-def assert_trees_close(actual, expected, rtol=1e-5):
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(actual), jax.tree_util.tree_leaves(expected)):
-        a, b = np.asarray(a), np.asarray(b)
-        scale = max(np.abs(b).max(), 1e-30)
-        assert np.abs(a - b).max() <= rtol * scale, (jax.tree_util.keystr(path), np.abs(a - b).max() / scale)
-
-
-@pytest.mark.parametrize("shape", MESHES)
-def test_logits_and_gradients_match_single_device(setup, shape):
-    net, params, batch = setup
-    rng = jax.random.key(7)
-    ref_loss, ref_logits, ref_grads = reference_gradients(net, params, batch, rng)
-    mesh = parallel.make_mesh(*shape)
-    sharded = parallel.shard(params, mesh, parallel.param_specs(params))
-    loss, logits, grads = steps.make_grad_fn(net, mesh)(sharded, batch, rng)
-    np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-5)
-    assert_trees_close(logits, ref_logits)
-    assert_trees_close(grads, ref_grads)
-    # The gradients stay in the towers' layout: each device holds its own tower's share.
-    kernel = grads["conv2"]["kernel"]
-    assert kernel.sharding.shard_shape(kernel.shape) == (5, 5, 48, 256 // shape[1])
-
-
-@pytest.mark.parametrize("shape,micro_batch", [((1, 1), 2), ((2, 2), 2), ((1, 2), 1)])
-def test_micro_batches_give_the_whole_batch_gradients(setup, shape, micro_batch):
-    """Chunks of the device batch: the same loss, logits and gradients, dropout masks included."""
-    net, params, batch = setup
-    rng = jax.random.key(7)
-    ref_loss, ref_logits, ref_grads = reference_gradients(net, params, batch, rng)
-    mesh = parallel.make_mesh(*shape)
-    sharded = parallel.shard(params, mesh, parallel.param_specs(params))
-    loss, logits, grads = steps.make_grad_fn(net, mesh, micro_batch=micro_batch)(sharded, batch, rng)
-    np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-5)
-    assert_trees_close(logits, ref_logits)
-    assert_trees_close(grads, ref_grads)
-
-
-def test_micro_batch_resolution():
-    assert steps.resolve_micro_batch(-1, 128, 224, "cpu") == steps.CPU_MICRO_BATCH == 16
-    assert steps.resolve_micro_batch(-1, 128, 224, "gpu") == 0
-    assert steps.resolve_micro_batch(-1, 128, 64, "cpu") == 0  # small inputs: no gain
-    assert steps.resolve_micro_batch(-1, 16, 224, "cpu") == 0  # nothing to split
-    assert steps.resolve_micro_batch(-1, 40, 224, "cpu") == 0  # 16 does not divide it
-    assert steps.resolve_micro_batch(16, 64, 64, "gpu") == 16
-    assert steps.resolve_micro_batch(64, 64, 224, "cpu") == 0
-    with pytest.raises(ValueError, match="must be -1, 0 or divide the per-device batch 64"):
-        steps.resolve_micro_batch(24, 64, 224, "cpu")
+    eval_step = steps.make_eval_step(net, mesh, op["mean"], op["size"], ten_crop=True)
+    sums = jax.device_get(eval_step(params, parallel.host_batch_to_global(op["eval_batch"], mesh)))
+    assert (sums["count"], sums["top1_correct"], sums["top5_correct"]) == (3, ref["top1"], ref["top5"])
+    np.testing.assert_allclose(float(sums["loss_sum"]), ref["loss_sum"], rtol=1e-5)
 
 
 def _primitive_sequence(jaxpr, names):
@@ -100,68 +156,72 @@ def _primitive_sequence(jaxpr, names):
     return out
 
 
-COLLECTIVES = {"all_gather", "psum", "psum2", "reduce_scatter", "psum_scatter", "ppermute", "all_to_all", "pmax", "pmin"}
+COLLECTIVES = {
+    "all_gather",
+    "psum",
+    "psum2",
+    "reduce_scatter",
+    "psum_scatter",
+    "ppermute",
+    "all_to_all",
+    "pmax",
+    "pmin",
+}
 
 
-def test_grouped_layers_compile_to_no_collective(setup):
-    net, params, batch = setup
-    mesh = parallel.make_mesh(1, 2)
-    tower_net = net.clone(model_axis="model", data_axis="data")
+def test_towers_communicate_only_at_the_cross_layers(paper_params):
+    net, mesh = model_lib.AlexNet(), parallel.make_mesh(1, 2)
+    images = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
+    tower_net = net.clone(model_axis=parallel.MODEL, data_axis=parallel.DATA)
     forward = jax.shard_map(
         lambda p, x: tower_net.apply({"params": p}, x),
         mesh=mesh,
-        in_specs=(parallel.param_specs(params), P("data")),
+        in_specs=(parallel.param_specs(paper_params), P("data")),
         out_specs=P("data"),
         check_vma=False,
     )
-    jaxpr = jax.make_jaxpr(forward)(params, batch["images"]).jaxpr
-    sequence = _primitive_sequence(jaxpr, COLLECTIVES | {"conv_general_dilated", "dot_general"})
+    sequence = _primitive_sequence(
+        jax.make_jaxpr(forward)(paper_params, images).jaxpr, COLLECTIVES | {"conv_general_dilated", "dot_general"}
+    )
     short = [{"conv_general_dilated": "conv", "dot_general": "dot"}.get(p, p) for p in sequence]
-    # conv1, conv2 | gather | conv3, conv4, conv5 | gather fc6 | gather fc7 | gather fc8 | gather logits
+    # conv1, conv2 (own tower) | gather | conv3 | conv4, conv5 (own tower) | gather pool5 maps, fc6 |
+    # gather, fc7 | gather, fc8 | gather logits
     assert short == [
-        "conv", "conv", "all_gather", "conv", "conv", "conv",
-        "all_gather", "dot", "all_gather", "dot", "all_gather", "dot", "all_gather",
-    ]  # fmt: skip
-
-
-def test_backward_pass_communicates_only_at_cross_layers(setup):
-    net, params, batch = setup
-    mesh = parallel.make_mesh(1, 2)
-    jaxpr = jax.make_jaxpr(steps.make_grad_fn(net, mesh))(params, batch, jax.random.key(0)).jaxpr
-    sequence = _primitive_sequence(jaxpr, COLLECTIVES)
-    # 5 gathers forward, their 5 transposes backward, then a sum over `data` per gradient and the loss.
+        "conv",
+        "conv",
+        "all_gather",
+        "conv",
+        "conv",
+        "conv",
+        "all_gather",
+        "dot",
+        "all_gather",
+        "dot",
+        "all_gather",
+        "dot",
+        "all_gather",
+    ]
+    # Backward: the 5 gathers' transposes, then one sum over `data` per gradient and the loss.
+    batch = {
+        "images": jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.uint8),
+        "labels": jax.ShapeDtypeStruct((2,), jnp.int32),
+    }
+    grad_jaxpr = jax.make_jaxpr(steps.make_grad_fn(net, mesh))(paper_params, batch, jax.random.key(0)).jaxpr
+    sequence = _primitive_sequence(grad_jaxpr, COLLECTIVES)
     assert sequence.count("all_gather") == 5
     assert sum(p in ("reduce_scatter", "psum_scatter") for p in sequence) == 5
     assert len([p for p in sequence if p not in ("all_gather", "reduce_scatter", "psum_scatter")]) == 16 + 1
 
 
-def test_two_towers_halve_parameter_memory(setup):
-    net, params, _ = setup
-    full = parallel.bytes_per_device(parallel.shard(params, parallel.make_mesh(1, 1), parallel.param_specs(params)))
-    split = parallel.bytes_per_device(parallel.shard(params, parallel.make_mesh(1, 2), parallel.param_specs(params)))
-    single = max(full.values())
+def test_two_towers_halve_parameter_memory(paper_params):
+    full = parallel.bytes_per_device(
+        parallel.shard(paper_params, parallel.make_mesh(1, 1), parallel.param_specs(paper_params))
+    )
+    split = parallel.bytes_per_device(
+        parallel.shard(paper_params, parallel.make_mesh(1, 2), parallel.param_specs(paper_params))
+    )
     assert len(split) == 2
-    assert max(split.values()) <= 0.55 * single
-
-
-def test_training_step_same_under_every_mesh(setup):
-    net, _, batch = setup
-    optimizer = optim.paper_sgd()
-    results = {}
-    for shape in MESHES:
-        mesh = parallel.make_mesh(*shape)
-        state = steps.create_train_state(net, optimizer, mesh, jax.random.key(0), SIZE, 0.01)
-        train_step = steps.make_train_step(net, optimizer, mesh)
-        global_batch = parallel.host_batch_to_global(jax.tree.map(np.asarray, batch), mesh)
-        for _ in range(2):
-            state, metrics = train_step(state, global_batch, jax.random.key(3))
-        assert int(state.step) == 2 and np.isfinite(float(metrics["loss"]))
-        results[shape] = (jax.device_get(state.params), float(metrics["loss"]), float(metrics["grad_norm"]))
-    ref_params, ref_loss, ref_norm = results[(1, 1)]
-    for shape in MESHES[1:]:
-        params, loss, norm = results[shape]
-        assert_trees_close(params, ref_params)
-        np.testing.assert_allclose([loss, norm], [ref_loss, ref_norm], rtol=1e-5)
+    assert max(split.values()) <= 0.501 * max(full.values())
 
 
 def test_mesh_errors_name_the_numbers():
@@ -176,13 +236,13 @@ def test_mesh_errors_name_the_numbers():
     parallel.check_batch(128, mesh)
 
 
-def test_torchvision_variant_cannot_split():
-    net = model_lib.AlexNet(variant="torchvision", num_classes=10)
-    params = model_lib.init_params(net, jax.random.key(0), SIZE)
-    mesh = parallel.make_mesh(1, 2)
-    batch = {"images": jnp.zeros((2, SIZE, SIZE, 3)), "labels": jnp.zeros((2,), jnp.int32)}
+def test_one_tower_variants_cannot_split():
+    net, mesh = model_lib.AlexNet(variant="torchvision", num_classes=10), parallel.make_mesh(1, 2)
+    params = model_lib.param_shapes(net, 64)
     with pytest.raises(ValueError, match="cannot be split"):
-        steps.make_grad_fn(net, mesh)(parallel.shard(params, mesh, parallel.param_specs(params)), batch, jax.random.key(0))
+        jax.eval_shape(
+            lambda p, x: forward_on_mesh(net, mesh, p, x), params, jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+        )
 
 
 def test_prefetch_to_device_keeps_order_and_placement():

@@ -23,8 +23,16 @@ def test_table_matches_the_paper():
     assert round(table["total_macs"] / 1e6, 1) == 724.4
     # Towers talk at conv3, fc6, fc7, fc8 only (float32 bytes per image, each way).
     sent = {r["name"]: r["sent_bytes"] for r in table["layers"]}
-    assert sent == {"conv1": 0, "conv2": 0, "conv3": 13 * 13 * 128 * 4, "conv4": 0, "conv5": 0,
-                    "fc6": 6 * 6 * 128 * 4, "fc7": 2048 * 4, "fc8": 2048 * 4 + 500 * 4}  # fmt: skip
+    assert sent == {
+        "conv1": 0,
+        "conv2": 0,
+        "conv3": 13 * 13 * 128 * 4,
+        "conv4": 0,
+        "conv5": 0,
+        "fc6": 6 * 6 * 128 * 4,
+        "fc7": 2048 * 4,
+        "fc8": 2048 * 4 + 500 * 4,
+    }
     text = summary.format_table(table)
     assert "253,440 = 55 x 48 x 96, a slip" in text
 
@@ -37,8 +45,11 @@ def test_torchvision_table_has_no_tower_traffic():
 def test_cli_json():
     out = subprocess.run(
         [sys.executable, "-m", "alexnet_jax.summary", "--config=configs/paper.py", "--json"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     table = json.loads(out)
     assert table["total_params"] == 60_965_224
     assert [layer["name"] for layer in table["layers"]] == list(model_lib.LAYER_NAMES)

@@ -1,13 +1,16 @@
-"""launch/sweep.py: grid expansion, one workdir per run, resumable sweeps, the results table."""
+"""Sweeps: grid expansion, one workdir per run, resumable runs; and the ablation study, its presets,
+its table and its plot, on a tiny configuration."""
 
 import os
-import subprocess
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch"))
-import sweep  # noqa: E402
+import pytest
+from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from alexnet_jax import model as model_lib
+from alexnet_jax import sweep
+from configs import ablations, paper
+
+TINY = ["--config.train.num_epochs=1", "--config.data.fake_train_size=64", "--config.parallel.data=1"]
 
 
 def test_grid_expands_to_every_combination():
@@ -17,26 +20,73 @@ def test_grid_expands_to_every_combination():
     assert sweep.run_name(runs[-1]) == "optim.learning_rate=0.02,optim.batch_size=128"
 
 
-def test_sweep_runs_resumes_and_tabulates(tmp_path):
-    command = [sys.executable, "launch/sweep.py", "run", "--config=configs/smoke.py", f"--root={tmp_path}",
-               "--grid", "optim.learning_rate=0.01,0.02", "--",
-               "--config.train.num_epochs=1", "--config.eval.ten_crop=False"]  # fmt: skip
-    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
-    assert first.stdout.count("running:") == 2
-    assert sorted(os.listdir(tmp_path)) == ["optim.learning_rate=0.01", "optim.learning_rate=0.02"]
-    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
-    assert again.stdout.count("done already") == 2
-    table = subprocess.run([sys.executable, "launch/sweep.py", "table", f"--root={tmp_path}"],
-                           cwd=ROOT, capture_output=True, text=True, check=True).stdout  # fmt: skip
-    lines = table.strip().splitlines()
-    assert lines[0].startswith("run") and len(lines) == 3
-    assert all(line.rstrip().endswith("done") for line in lines[1:])
+def test_each_ablation_changes_exactly_one_thing_from_the_paper():
+    base = paper.get_config().to_dict()
+    for name in ablations.ABLATIONS:
+        changed = {k for k, v in flatten(ablations.get_config(name).to_dict()).items() if flatten(base)[k] != v}
+        assert len(changed) == 1 or changed == {"model.pool_window", "model.pool_stride"}, (name, changed)
+        model_lib.from_config(ablations.get_config(name).model)  # a network the registry builds
+    assert ablations.get_config("baseline").to_dict() == base
+    assert ablations.get_config("no_lrn,default").data.source == "digits"
+    with pytest.raises(ValueError, match="unknown ablation 'no_relu'"):
+        ablations.get_config("no_relu")
 
 
-def test_dry_run_prints_commands(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "launch/sweep.py", "run", "--config=configs/smoke.py", f"--root={tmp_path}",
-         "--grid", "seed=0,1,2", "--dry_run"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    assert out.count("--config.seed=") == 3 and not os.listdir(tmp_path)
+def flatten(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def test_the_study_runs_resumes_and_reports(tmp_path, capsys):
+    """The baseline and one ablation, two seeds each, on made-up data in one step per run."""
+    arguments = [
+        "ablations",
+        f"--root={tmp_path}",
+        "--seeds=2",
+        "--base=smoke",
+        "--only=no_lrn",
+        "--inline",
+        "--",
+        *TINY,
+    ]
+    assert sweep.main(arguments) == 0
+    assert sorted(os.listdir(tmp_path / "no_lrn")) == ["seed=0", "seed=1"]
+    assert capsys.readouterr().out.count("running:") == 4
+    assert sweep.main(arguments) == 0  # again: everything is done already
+    assert capsys.readouterr().out.count("done already") == 4
+    text = (tmp_path / "ablations.md").read_text()
+    assert "| no_lrn | 1 |" in text and "| baseline | 0 |" in text
+    assert "| 3.3 | no local response normalisation | 2 |" in text and "LRN: top-1 / top-5 error 1.4 / 1.2" in text
+    assert "| 4.1 | the centre crop instead of 10 crops | 2 |" in text
+    rows = {row["name"]: row for row in sweep.effects(sweep.collect(str(tmp_path)))}
+    results = sweep.collect(str(tmp_path))
+    expected = [100 * (results["no_lrn"][s]["top1_error"] - results["baseline"][s]["top1_error"]) for s in (0, 1)]
+    assert rows["no_lrn"]["top1_error"][3] == pytest.approx(expected)
+    assert Image.open(tmp_path / "ablations.png").size[0] > 500
+    sweep.main(["ablations", f"--root={tmp_path}", "--only=tanh", "--seeds=1", "--dry_run"])
+    printed = capsys.readouterr().out
+    assert "configs/ablations.py:tanh,paper" in printed and "--config.seed=0" in printed
+
+
+def test_grid_runs_skip_finished_ones_and_tabulate(tmp_path, capsys):
+    arguments = [
+        "run",
+        "--config=configs/smoke.py",
+        f"--root={tmp_path}",
+        "--grid",
+        "optim.learning_rate=0.01",
+        "--inline",
+        "--",
+        *TINY,
+        "--config.eval.ten_crop=False",
+    ]
+    assert sweep.main(arguments) == 0 and sweep.main(arguments) == 0
+    assert capsys.readouterr().out.count("done already") == 1
+    assert sweep.table(str(tmp_path)) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("run") and lines[1].startswith("optim.learning_rate=0.01") and lines[1].endswith("done")

@@ -1,4 +1,4 @@
-"""VGG-16 (configuration D) against seed 003's table, and trainable with the same pipeline."""
+"""VGG-16 (configuration D) against the CS231n notes' table, and trainable with the same pipeline."""
 
 import pytest
 
@@ -6,8 +6,9 @@ from alexnet_jax import model as model_lib
 from alexnet_jax import summary, train, vgg
 from configs import smoke, vgg16
 
-# Seed 003, row by row: output shape and weights (its "params (not counting biases)").
-SEED_003 = [
+# The VGG-16 table of the CS231n notes (cs231n.github.io/convolutional-networks), row by row: output
+# shape and weights (its "params (not counting biases)").
+CS231N_TABLE = [
     ("conv1_1", (224, 224, 64), 3 * 3 * 3 * 64),
     ("conv1_2", (224, 224, 64), 3 * 3 * 64 * 64),
     ("pool1", (112, 112, 64), 0),
@@ -32,15 +33,15 @@ SEED_003 = [
 ]
 
 
-def test_parameter_count_and_layer_shapes_match_seed_003():
+def test_parameter_count_and_layer_shapes_match_the_cs231n_table():
     net = vgg.VGG16()
     assert model_lib.count_params(model_lib.param_shapes(net, 224)) == 138_357_544
     table = summary.vgg_table(net, 224)
     rows = [(r["name"], tuple(r["output_shape"]), r["weights"]) for r in table["layers"][1:]]
-    assert rows == SEED_003
+    assert rows == CS231N_TABLE
     assert table["layers"][0]["values"] == 224 * 224 * 3
     assert table["total_params"] == 138_357_544
-    # The seed prints ~24M values in total; its rows add up to this (the summary flags it).
+    # The notes print ~24M values in total; its rows add up to this (the summary flags it).
     assert table["total_values"] == 15_237_608 and table["forward_bytes"] == 15_237_608 * 4
     assert "arithmetic slip" in summary.format_vgg_table(table)
     assert round(table["total_macs"] / 1e9, 2) == 15.47
@@ -60,7 +61,8 @@ def test_vgg_config_is_the_paper_pipeline_with_vgg():
 def test_vgg_trains_with_the_same_pipeline(tmp_path):
     config = smoke.get_config()
     config.model.name, config.model.image_size, config.data.resize_size = "vgg16", 32, 36
-    config.data.fake_train_size, config.optim.batch_size, config.eval.batch_size = 64, 16, 8
+    config.data.fake_train_size, config.data.fake_eval_size = 16, 8
+    config.optim.batch_size, config.eval.batch_size, config.parallel.data = 16, 8, 1
     config.train.num_epochs, config.eval.ten_crop = 1, False
     result = train.train_and_evaluate(config, str(tmp_path))
     assert result["count"] == config.data.fake_eval_size

@@ -2,20 +2,18 @@
 and top-5 panel, and the ImageNet class names they print."""
 
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import datasets, visualize
+from alexnet_jax import cli, datasets, visualize
 from alexnet_jax import model as model_lib
 from alexnet_jax import weights as weights_lib
 from configs import smoke
+from tests.helpers import ROOT, run_module
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WHITE = np.array(visualize.BACKGROUND, np.uint8)
 
 
@@ -81,7 +79,9 @@ def _source(path):
 
 def test_kernels_compare_two_networks(weight_files, tmp_path):
     out = tmp_path / "kernels.png"
-    figure = visualize.kernels_command(_source(weight_files[0]), _source(weight_files[1]), str(out), zoom=2, scale="each")
+    figure = visualize.kernels_command(
+        _source(weight_files[0]), _source(weight_files[1]), str(out), zoom=2, scale="each"
+    )
     one = visualize.kernel_figure(np.zeros((11, 11, 3, 96)), towers=2, zoom=2)
     assert figure.shape == (visualize.LABEL_HEIGHT + one.shape[0], 2 * one.shape[1] + visualize.PANEL_GAP, 3)
     assert np.asarray(Image.open(out)).shape == figure.shape
@@ -99,7 +99,9 @@ def test_neighbour_grid_and_prediction_panel(weight_files, tmp_path):
     assert height == 3 * (side + 2 * gap)  # a row per query
     assert width == (side + 2 * gap) + visualize.PANEL_GAP + 4 * (side + gap) + gap  # query | 4 neighbours
     assert Image.open(tmp_path / "n.png").size == (width, height)
-    panel = visualize.predictions_command(_source(weight_files[0]), str(tmp_path / "p.png"), images=3, columns=2, batch=16)
+    panel = visualize.predictions_command(
+        _source(weight_files[0]), str(tmp_path / "p.png"), images=3, columns=2, batch=16
+    )
     for top in panel["top5"]:
         probs = [p for _, p in top]
         assert len(top) == 4 and probs == sorted(probs, reverse=True)  # 4 classes in the smoke config
@@ -108,15 +110,12 @@ def test_neighbour_grid_and_prediction_panel(weight_files, tmp_path):
 
 
 def test_cli_writes_png_and_rejects_bad_commands(weight_files, tmp_path):
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "alexnet_jax.visualize", *args],
-                              cwd=ROOT, capture_output=True, text=True)  # fmt: skip
-
-    out = cli("kernels", f"--weights={weight_files[0]}", "--config=configs/smoke.py", f"--out={tmp_path / 'k.png'}")
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "tower 1 colour share" in out.stdout and (tmp_path / "k.png").exists()
-    bad = cli("kernel")
-    assert bad.returncode == 2 and "give one command, kernels | neighbours | predictions" in bad.stderr
+    args = ("kernels", f"--weights={weight_files[0]}", "--config=configs/smoke.py", f"--out={tmp_path / 'k.png'}")
+    code, out, err = run_module("alexnet_jax.visualize", *args)
+    assert code == 0, err[-2000:]
+    assert "tower 1 colour share" in out and (tmp_path / "k.png").exists()
+    with pytest.raises(cli.UserError, match="give one command, kernels | neighbours | predictions"):
+        visualize.main(["visualize", "kernel"])
 
 
 def test_imagenet_class_names_follow_the_label_order():

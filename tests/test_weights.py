@@ -4,9 +4,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from alexnet_jax import cli
 from alexnet_jax import model as model_lib
 from alexnet_jax import weights as weights_lib
 from tests import numpy_reference
+from tests.helpers import run_module
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +66,14 @@ def test_torchvision_file_imports_exports_bit_for_bit_and_gives_numpy_logits(tmp
         np.testing.assert_array_equal(again[key], original[key])
     images = np.random.default_rng(3).uniform(-120, 120, (2, 224, 224, 3)).astype(np.float32)
     ours = model_lib.AlexNet(variant="torchvision").apply({"params": params}, jnp.asarray(images))
-    layer_named = {f"{name}.{leaf}": original[f"{tv}.{leaf}"] for name, tv in weights_lib.TORCHVISION_NAMES.items() for leaf in ("weight", "bias")}
-    ref = numpy_reference.alexnet_forward(layer_named, images.transpose(0, 3, 1, 2), ((2, 2), (2, 2)), towers=1, use_lrn=False)
+    layer_named = {
+        f"{name}.{leaf}": original[f"{tv}.{leaf}"]
+        for name, tv in weights_lib.TORCHVISION_NAMES.items()
+        for leaf in ("weight", "bias")
+    }
+    ref = numpy_reference.alexnet_forward(
+        layer_named, images.transpose(0, 3, 1, 2), ((2, 2), (2, 2)), towers=1, use_lrn=False
+    )
     np.testing.assert_allclose(np.asarray(ours), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 
@@ -112,25 +120,18 @@ def test_unknown_format_and_missing_file_are_clear(tmp_path):
 
 
 def test_convert_command_between_formats(tmp_path, torch_weights):
-    import os
-    import subprocess
-    import sys
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     params = weights_lib.from_torch_layout(torch_weights)
     weights_lib.save(params, str(tmp_path / "a.npz"))
     weights_lib.convert(str(tmp_path / "a.npz"), str(tmp_path / "caffe.npy"))
     with pytest.raises(weights_lib.PickleRefused):
         weights_lib.convert(str(tmp_path / "caffe.npy"), str(tmp_path / "b.npz"))
-
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "alexnet_jax.weights", *args], cwd=root, capture_output=True, text=True)
-
-    out = cli("--allow_pickle", str(tmp_path / "caffe.npy"), str(tmp_path / "b.npz"))
-    assert out.returncode == 0 and "8 layers, 60,965,224 parameters" in out.stdout, out.stderr[-2000:]
+    code, out, err = run_module(
+        "alexnet_jax.weights", "--allow_pickle", str(tmp_path / "caffe.npy"), str(tmp_path / "b.npz")
+    )
+    assert code == 0 and "8 layers, 60,965,224 parameters" in out, err[-2000:]
     back = weights_lib.load(str(tmp_path / "b.npz"))
     for layer in params:
         for leaf in ("kernel", "bias"):
             np.testing.assert_array_equal(back[layer][leaf], params[layer][leaf])
-    refused = cli(str(tmp_path / "caffe.npy"), str(tmp_path / "c.npz"))
-    assert refused.returncode == 2 and "pickle" in refused.stderr and not (tmp_path / "c.npz").exists()
+    with pytest.raises(cli.UserError, match="give SOURCE"):
+        weights_lib.main(["weights", str(tmp_path / "a.npz")])

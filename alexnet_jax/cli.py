@@ -1,0 +1,140 @@
+"""What every command-line tool shares: a quiet start, logging, one-line errors, common flags.
+
+Import this module before anything that imports TensorFlow: TensorFlow reads its logging settings
+from the environment when it is first imported, and prints start-up notices (oneDNN, CPU features)
+that bury a tool's own first line. They stay visible with `--verbosity=1` (or `-v 1`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging as std_logging
+import os
+import runpy
+import sys
+from collections.abc import Callable
+
+import ml_collections
+from absl import app, flags, logging
+
+
+def _verbose(argv: list[str]) -> bool:
+    for i, arg in enumerate(argv):
+        for name in ("--verbosity", "--v", "-v"):
+            if arg.startswith(name + "="):
+                return arg.split("=", 1)[1].lstrip("-").isdigit() and int(arg.split("=", 1)[1]) >= 1
+            if arg == name and i + 1 < len(argv):
+                return argv[i + 1].isdigit() and int(argv[i + 1]) >= 1
+    return False
+
+
+if not _verbose(sys.argv):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ notices and warnings
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # its oneDNN notice; tf.data does not use oneDNN
+
+
+class UserError(Exception):
+    """A mistake in the command line, config or data: reported in one line, exit code 2."""
+
+
+def setup_logging() -> None:
+    """Our progress lines at INFO on stderr (DEBUG with --verbosity=1); the libraries' absl logs
+    (Orbax's line per save, tensorflow-datasets' notices) only for errors unless --verbosity asks."""
+    ours = std_logging.getLogger("alexnet_jax")
+    if not ours.handlers:
+        handler = std_logging.StreamHandler(sys.stderr)
+        handler.setFormatter(std_logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        ours.addHandler(handler)
+    ours.setLevel(std_logging.DEBUG if logging.get_verbosity() >= 1 else std_logging.INFO)
+    ours.propagate = False
+    if logging.get_verbosity() < 1:
+        logging.set_verbosity(logging.ERROR)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Prints `error: message` and exits with `code` (2: a user mistake)."""
+    hint = "" if logging.get_verbosity() >= 1 else "  (--verbosity=1 shows the traceback)"
+    logging.debug("traceback of the error below", exc_info=True)
+    print(f"error: {message}{hint}", file=sys.stderr)
+    sys.exit(code)
+
+
+def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+    """absl's flag parsing with one-line errors: an unknown or mistyped flag, a missing config file."""
+    config_path = next((a.split("=", 1)[1] for a in reversed(argv) if a.startswith("--config=")), None)
+    if config_path is not None and not os.path.isfile(config_path.split(":", 1)[0]):
+        print(f"error: config file {config_path.split(':', 1)[0]} not found", file=sys.stderr)
+        sys.exit(2)
+    try:
+        return flag_values(argv)
+    except flags.Error as error:  # a value of the wrong type, a missing required flag
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except (AttributeError, KeyError) as error:  # config_flags: an override of a field that does not exist
+        message = str(error)
+        if config_path:
+            message = unknown_override(load_config(config_path), argv) or message
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """A config from `configs/NAME.py` (its `get_config()`), `configs/NAME.py:ARG` (`get_config(ARG)`, as
+    --config takes it) or a workdir's resolved `config.json`."""
+    path, colon, argument = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path} not found")
+    if path.endswith(".json"):
+        with open(path) as f:
+            return ml_collections.ConfigDict(json.load(f))
+    module = runpy.run_path(path)
+    if "get_config" not in module:
+        raise ValueError(f"{path} defines no get_config()")
+    return module["get_config"](argument) if colon else module["get_config"]()
+
+
+def unknown_override(config, argv: list[str]) -> str | None:
+    """The message for the first `--config.a.b=v` whose field `config` lacks, else None."""
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        path = arg[len("--config.") :].split("=", 1)[0].split(".")
+        node, walked = config, []
+        for part in path:
+            if not hasattr(node, "keys") or part not in node:
+                where = ".".join(walked) or "the config"
+                valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "none (not a group)"
+                return f"unknown config field {'.'.join(walked + [part])!r}; fields of {where}: {valid}"
+            node, walked = node[part], walked + [part]
+    return None
+
+
+def config_value(holder) -> object:
+    """A config flag's value, with a one-line error when the file cannot be loaded (a syntax error)."""
+    try:
+        return holder.value
+    except (OSError, SyntaxError, ImportError, AttributeError, NameError, TypeError) as error:
+        fail(f"cannot load the config: {str(error).strip().splitlines()[-1]}")
+
+
+def define_network_flags() -> None:
+    """--workdir, --weights, --config and --allow_pickle: where a tool finds its network."""
+    flags.DEFINE_string("workdir", None, "A training workdir (best checkpoint, its config and statistics).")
+    flags.DEFINE_string("weights", None, "A weights file (.npz; .npy/.pth with --allow_pickle) instead of a workdir.")
+    flags.DEFINE_string("config", None, "Config file (.py) or resolved config (.json); default: the workdir's.")
+    flags.DEFINE_bool("allow_pickle", False, "Allow pickle-based weight files (.npy, .pth): only ones you trust.")
+
+
+def execute(main: Callable[[list[str]], None], argv: list[str], user_errors: tuple = ()) -> None:
+    """Runs `main(argv)` (flags already parsed) with our logging; `user_errors` (and UserError,
+    ValueError, FileNotFoundError) end in one line and exit code 2."""
+    setup_logging()
+    try:
+        main(argv)
+    except (UserError, ValueError, FileNotFoundError, *user_errors) as error:
+        fail(str(error))
+
+
+def run(main: Callable[[list[str]], None], user_errors: tuple = ()) -> None:
+    """`app.run(main)` with our flag parsing, logging and one-line errors (`execute`)."""
+    app.run(lambda argv: execute(main, argv, user_errors), flags_parser=parse_flags)

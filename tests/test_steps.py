@@ -1,0 +1,88 @@
+"""The steps on the device: normalisation and test-time crops equal the host's, micro-batches, and the
+refusal of a non-finite update."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alexnet_jax import datasets, input_pipeline, optim, parallel, steps
+from alexnet_jax import model as model_lib
+from configs import smoke
+from tests.helpers import assert_trees_equal
+
+
+def test_micro_batch_resolution():
+    assert steps.resolve_micro_batch(-1, 128, 224, "cpu") == steps.CPU_MICRO_BATCH == 8
+    assert steps.resolve_micro_batch(-1, 128, 224, "gpu") == 0
+    assert steps.resolve_micro_batch(-1, 128, 64, "cpu") == 0  # small inputs: no gain
+    assert steps.resolve_micro_batch(-1, 8, 224, "cpu") == 0  # nothing to split
+    assert steps.resolve_micro_batch(-1, 44, 224, "cpu") == 0  # 8 does not divide it
+    assert steps.resolve_micro_batch(16, 64, 64, "gpu") == 16
+    assert steps.resolve_micro_batch(64, 64, 224, "cpu") == 0
+    with pytest.raises(ValueError, match="must be -1, 0 or divide the per-device batch 64"):
+        steps.resolve_micro_batch(24, 64, 224, "cpu")
+
+
+def test_test_crops_are_the_corners_the_centre_and_their_mirrors():
+    images = np.random.default_rng(0).integers(0, 256, (2, 9, 9, 3), dtype=np.uint8)
+    mean = np.random.default_rng(1).uniform(0, 255, (9, 9, 3)).astype(np.float32)
+    crops = np.asarray(steps.test_crops(jnp.asarray(images), mean, 5, ten_crop=True))
+    centred = images.astype(np.float32) - mean
+    expected = [centred[:, :5, :5], centred[:, :5, 4:], centred[:, 4:, :5], centred[:, 4:, 4:], centred[:, 2:7, 2:7]]
+    expected += [e[:, :, ::-1] for e in expected]
+    assert crops.shape == (2, 10, 5, 5, 3)
+    np.testing.assert_array_equal(crops, np.stack(expected, axis=1))  # bit for bit: the same float32 operations
+    centre = np.asarray(steps.test_crops(jnp.asarray(images), mean, 5, ten_crop=False))
+    np.testing.assert_array_equal(centre, centred[:, None, 2:7, 2:7])
+    pixel_mean = np.float32([100, 110, 120])
+    np.testing.assert_array_equal(
+        np.asarray(steps.test_crops(jnp.asarray(images), pixel_mean, 9, False))[:, 0],
+        images.astype(np.float32) - pixel_mean,
+    )
+
+
+def test_device_normalisation_equals_the_papers_order_of_operations():
+    config = smoke.get_config()
+    data = datasets.create_data(config.data, config.model.num_classes)
+    batch = next(input_pipeline.train_batches(data, config.data, crop=64, global_batch=16, start_step=3, seed=1))
+    assert batch["window"][:, 2].any() and not batch["window"][:, 2].all()  # both orientations present
+    on_device = np.asarray(jax.jit(lambda b: steps.normalise_images(b, data.mean))(batch))
+    np.testing.assert_allclose(on_device, input_pipeline.normalise(batch, data.mean), atol=1e-4)
+    # Written out: the mean image off the whole resized image, then the patch, its reflection and
+    # the colour shift. Batch slot i of step 3 holds example order[48 + i].
+    order = np.random.default_rng([1, 0]).permutation(data.train.size)
+    for i in range(16):
+        image = data.train.load(order[48 + i])[0].astype(np.float32) - data.mean
+        top, left, mirrored = batch["window"][i]
+        patch = image[top : top + 64, left : left + 64]
+        expected = (patch[:, ::-1] if mirrored else patch) + batch["lighting"][i]
+        np.testing.assert_allclose(on_device[i], expected, atol=1e-3)
+    # A mean pixel (ImageNet's built-in statistics) needs no window.
+    pixel_mean = np.float32([100, 110, 120])
+    np.testing.assert_allclose(
+        np.asarray(steps.normalise_images(batch, pixel_mean)),
+        batch["images"].astype(np.float32) - pixel_mean + batch["lighting"][:, None, None, :],
+        atol=1e-4,
+    )
+
+
+def test_a_non_finite_update_is_refused_and_remembered():
+    net = model_lib.AlexNet(num_classes=4, dropout_rate=0.0, fc_width=512)
+    optimizer, mesh = optim.paper_sgd(), parallel.make_mesh(1, 2)
+    state = steps.create_train_state(net, optimizer, mesh, jax.random.key(0), 64, 0.01)
+    train_step = steps.make_train_step(net, optimizer, mesh)
+    rng = np.random.default_rng(0)
+    batch = {"images": rng.normal(0, 50, (4, 64, 64, 3)).astype(np.float32), "labels": np.arange(4, dtype=np.int32)}
+    state, metrics = train_step(state, parallel.host_batch_to_global(batch, mesh), jax.random.key(1))
+    assert np.isfinite(float(metrics["loss"])) and float(state.nonfinite[0]) == 0
+    before = jax.device_get((state.params, state.opt_state))
+    poisoned = dict(batch, images=np.full_like(batch["images"], np.inf))
+    state, metrics = train_step(state, parallel.host_batch_to_global(poisoned, mesh), jax.random.key(1))
+    assert not np.isfinite(float(metrics["loss"]))
+    np.testing.assert_array_equal(np.asarray(state.nonfinite)[0], 2)  # the second step
+    assert_trees_equal((state.params, state.opt_state), before)
+    # A finite batch after it is refused too: the parameters stay the last finite ones.
+    state, _ = train_step(state, parallel.host_batch_to_global(batch, mesh), jax.random.key(1))
+    assert int(state.step) == 3 and float(state.nonfinite[0]) == 2
+    assert_trees_equal((state.params, state.opt_state), before)
