@@ -17,16 +17,13 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from alexnet_jax import model as model_lib  # noqa: E402
-from alexnet_jax import optim, parallel, steps, summary  # noqa: E402
+from alexnet_jax import model as model_lib
+from alexnet_jax import optim, parallel, steps, summary
 
 
 def communication_bytes(table: dict, params_bytes: int, batch: int, data: int, model: int) -> int:
@@ -41,7 +38,9 @@ def communication_bytes(table: dict, params_bytes: int, batch: int, data: int, m
 def time_mesh(shape, args, table, params_bytes):
     data, model = shape
     mesh = parallel.make_mesh(data, model)
-    net = model_lib.AlexNet(num_classes=1000, dtype=np.dtype(args.dtype) if args.dtype != "bfloat16" else jax.numpy.bfloat16)
+    net = model_lib.AlexNet(
+        num_classes=1000, dtype=np.dtype(args.dtype) if args.dtype != "bfloat16" else jax.numpy.bfloat16
+    )
     optimizer = optim.paper_sgd()
     state = steps.create_train_state(net, optimizer, mesh, jax.random.key(0), args.image_size, 0.01)
     rng = np.random.default_rng(0)
