@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -113,16 +114,18 @@ class Checkpoints:
         """Makes `state` the best checkpoint.
 
         A run resumed from before an improving evaluation replays it and reaches the same best
-        state at the same step, which is kept as it is. A best checkpoint of a later step comes from
-        an interrupted run whose future this one did not repeat (its config changed): it is moved
-        aside, since Orbax would otherwise keep it as the newest and drop this one.
+        state at the same step, which is kept as it is. A best checkpoint of a later step is the
+        future of the interrupted run, which this one replays (and saves again when it gets there)
+        or, after a config change, leaves: it is moved to `superseded/`, since Orbax would otherwise
+        keep it as the newest and drop this one. One copy per step is kept there, the newest, so
+        repeated interruptions do not pile up copies.
         """
         steps = self.best.all_steps()
         if step in steps:
             return
         for later in (s for s in steps if s > step):
             self.best.wait_until_finished()
-            self._move_aside(self.best, "best", later, "superseded")
+            self._move_aside(self.best, "best", later, "superseded", replace=True)
         self._one_save_at_a_time(self.latest)
         self.best.save(step, args=self._args(state, record), force=True)
 
@@ -158,6 +161,7 @@ class Checkpoints:
                 stored = manager.item_metadata(step)["state"]
                 stored = getattr(stored, "tree", stored)
             except Exception as error:  # unreadable metadata: the checkpoint is damaged
+                _raise_unless_damage(error)
                 self._damaged(manager, kind, step, error)
                 continue
             mismatch = differences(stored, abstract_state)
@@ -174,6 +178,7 @@ class Checkpoints:
                     ),
                 )
             except Exception as error:  # the tree fits but its data cannot be read: damaged
+                _raise_unless_damage(error)
                 self._damaged(manager, kind, step, error)
                 continue
             return restored["state"], restored["record"]
@@ -193,12 +198,17 @@ class Checkpoints:
             where,
         )
 
-    def _move_aside(self, manager: ocp.CheckpointManager, kind: str, step: int, reason: str) -> str:
-        """Renames a step's directory to `<workdir>/<reason>/<kind>-<step>[-n]`: kept, out of Orbax's sight."""
+    def _move_aside(
+        self, manager: ocp.CheckpointManager, kind: str, step: int, reason: str, replace: bool = False
+    ) -> str:
+        """Renames a step's directory to `<workdir>/<reason>/<kind>-<step>[-n]`: kept, out of Orbax's
+        sight (`replace`: in place of an earlier copy of the same step moved there)."""
         source = os.path.join(self.workdir, kind, str(step))
         target = os.path.join(self.workdir, reason, f"{kind}-{step}")
         if jax.process_index() == 0:
             os.makedirs(os.path.dirname(target), exist_ok=True)
+            if replace and os.path.isdir(target):
+                shutil.rmtree(target)
             suffix, candidate = 1, target
             while os.path.exists(candidate):
                 suffix, candidate = suffix + 1, f"{target}-{suffix}"
@@ -213,6 +223,17 @@ class Checkpoints:
         self.wait()
         self.latest.close()
         self.best.close()
+
+
+# Failures that say nothing about the checkpoint's bytes: the machine, the permissions or the
+# network. Moving the checkpoint aside for one of these would restart a healthy run from scratch.
+_NOT_DAMAGE = (MemoryError, PermissionError, TimeoutError, ConnectionError)
+_NOT_DAMAGE_MESSAGES = ("RESOURCE_EXHAUSTED", "out of memory", "Out of memory")
+
+
+def _raise_unless_damage(error: Exception) -> None:
+    if isinstance(error, _NOT_DAMAGE) or any(text in str(error) for text in _NOT_DAMAGE_MESSAGES):
+        raise error
 
 
 def abstract_like(state: Any) -> Any:

@@ -89,7 +89,9 @@ def plateau_update(
     than `min_delta` add up: a steady 0.06 % per evaluation with `min_delta` 0.1 % and `patience` 2
     moves the reference every second evaluation and never cuts the rate.
     """
-    if error < state.best_error - min_delta:
+    improvement = state.best_error - error
+    # "At least min_delta", with room for the rounding of errors that are ratios of image counts.
+    if improvement > 0 and improvement >= min_delta - 1e-9:
         return state.replace(best_error=float(error), evals_without_improvement=0)
     waited = state.evals_without_improvement + 1
     if waited >= patience and state.cuts < max_cuts:

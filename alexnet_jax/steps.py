@@ -135,8 +135,8 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 # Examples per chunk of the convolutional layers on XLA:CPU at 224 pixels: on a 2-core machine,
-# batch 128 trained about 1.4x faster in chunks of 8 than in one piece, and faster than in chunks of
-# 16 or 32 (BENCHMARKS.md, "Implementation choices").
+# batch 128 trained 1.6x faster in chunks of 8 than in one piece, and faster than in chunks of 16
+# or 32 (BENCHMARKS.md, "Implementation choices").
 CPU_MICRO_BATCH = 8
 
 

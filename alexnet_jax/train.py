@@ -103,6 +103,16 @@ class _StopRequest:
     def restore(self):
         signal.signal(signal.SIGTERM, self._previous)
 
+    def agreed(self, at_log_step: bool) -> bool:
+        """Whether to save and stop after this step. With several processes, all must stop at the
+        same step (the save is collective), and each may see the signal at another step: they agree
+        at log steps, stopping when any of them was signalled."""
+        if jax.process_count() == 1:
+            return self.requested
+        if not at_log_step:
+            return False
+        return bool(np.any(multihost_utils.process_allgather(np.int32(self.requested))))
+
 
 @dataclasses.dataclass
 class Setup:
@@ -152,6 +162,11 @@ def build(config, model=None) -> Setup:
     parallel.check_batch(config.optim.batch_size, mesh)
     parallel.check_batch(config.eval.batch_size, mesh, what="eval.batch_size")
     data = datasets.create_data(config.data, config.model.num_classes)
+    if data.train.size < config.optim.batch_size:
+        raise ValueError(
+            f"optim.batch_size={config.optim.batch_size} is larger than the training set "
+            f"({data.train.size} images): not one step per epoch"
+        )
     model = model or model_lib.from_config(config.model)
     optimizer = optim.paper_sgd(
         momentum=config.optim.momentum,
@@ -334,7 +349,9 @@ def _train(setup: Setup, workdir: str, batches: Iterator[dict] | None) -> dict:
                 state = state.replace(learning_rate=jax.device_put(np.float32(rate), NamedSharding(mesh, P())))
                 rate_on_device = rate
             state, metrics = setup.train_step(state, next(batches), setup.dropout_rng)
-            if due(step, config.train.log_every_steps, total_steps):
+            log_step = due(step, config.train.log_every_steps, total_steps)
+            stopping = stop.agreed(log_step)
+            if log_step:
                 _check_finite(state, workdir)
                 metrics = jax.device_get(metrics)
                 elapsed = time.time() - timer_start
@@ -383,10 +400,10 @@ def _train(setup: Setup, workdir: str, batches: Iterator[dict] | None) -> dict:
                 if error < lowest_error:
                     lowest_error = error
                     checkpoints.save_best(step, state, save_record())
-            if due(step, config.train.checkpoint_every_steps, total_steps) or stop.requested:
+            if due(step, config.train.checkpoint_every_steps, total_steps) or stopping:
                 _check_finite(state, workdir)
                 checkpoints.save(step, state, save_record())
-            if stop.requested:
+            if stopping:
                 checkpoints.wait()
                 log.warning("stopped at step %d on SIGTERM; rerun the same command to resume", step)
                 return {"stopped_at_step": step}

@@ -138,23 +138,32 @@ def from_caffe_layout(layers: Mapping[str, object]) -> dict[str, dict[str, np.nd
     """Canonical tree from the common NumPy form of Caffe weights: `{layer: [kernel, bias]}`.
 
     That form already stores kernels HWIO (grouped `(kh, kw, in/2, out)`), dense `(in, out)` and
-    fc6 in HWC row order, i.e. the canonical layout.
+    fc6 in HWC row order, i.e. the canonical layout, except that Caffe's conv1 reads BGR images
+    (OpenCV's order): its input channels are reversed here, so that the network takes RGB.
     """
     params = {}
     for layer in LAYER_NAMES:
         if layer not in layers:
             raise KeyError(f"no weights for {layer} in the Caffe dict (keys: {sorted(layers)})")
         kernel, bias = layers[layer]
-        params[layer] = {"kernel": np.asarray(kernel, np.float32), "bias": np.asarray(bias, np.float32)}
+        kernel = np.asarray(kernel, np.float32)
+        params[layer] = {
+            "kernel": kernel[:, :, ::-1].copy() if layer == "conv1" else kernel,
+            "bias": np.asarray(bias, np.float32),
+        }
     return params
 
 
 def to_caffe_layout(params: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
-    """The inverse of `from_caffe_layout`."""
-    return {
-        layer: [np.asarray(params[layer]["kernel"], np.float32), np.asarray(params[layer]["bias"], np.float32)]
-        for layer in LAYER_NAMES
-    }
+    """The inverse of `from_caffe_layout` (conv1 back to BGR input)."""
+    caffe = {}
+    for layer in LAYER_NAMES:
+        kernel = np.asarray(params[layer]["kernel"], np.float32)
+        caffe[layer] = [
+            kernel[:, :, ::-1].copy() if layer == "conv1" else kernel,
+            np.asarray(params[layer]["bias"], np.float32),
+        ]
+    return caffe
 
 
 def load(path: str, *, allow_pickle: bool = False) -> dict[str, dict[str, np.ndarray]]:

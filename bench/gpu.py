@@ -235,7 +235,7 @@ def measure(args) -> dict:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
 
-    side = 1024 if args.reduced else 8192
+    side = 1024 if args.reduced else (8192 if device["backend"] != "cpu" else 2048)
     result["matmul_tflops"] = {
         d: _run_child([*me, f"--_matmul={d},{side}"], args.timeout)["tflops"] for d in args.dtypes.split(",")
     }

@@ -1,6 +1,6 @@
 """An independent NumPy forward pass of AlexNet in PyTorch's conventions (NCHW, OIHW, CHW flatten).
 
-Written from PAPER.md's formulas, sharing no code with `alexnet_jax`, so that agreement with it
+Written from the paper's formulas (sections 3.3-3.5), sharing no code with `alexnet_jax`, so that agreement with it
 checks the layout conversion and the model's arithmetic together.
 """
 

@@ -54,6 +54,24 @@ def test_damaged_checkpoint_is_moved_aside_and_the_run_goes_on(tmp_path, caplog)
     assert checkpoint_lib.Checkpoints(str(tmp_path), read_only=True).steps()["checkpoints"] == [1, 2]
 
 
+def test_a_failure_of_the_machine_is_not_damage(tmp_path, monkeypatch):
+    """Out of memory or a permission error while restoring says nothing about the checkpoint: it
+    stops the run, and every checkpoint stays where it is."""
+    save_steps(tmp_path, [1, 2])
+    before = snapshot(tmp_path)
+    checkpoints = checkpoint_lib.Checkpoints(str(tmp_path), keep=3, asynchronous=False)
+    for error in (MemoryError("host"), RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating"), PermissionError()):
+
+        def fail(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(checkpoints.latest, "restore", fail)
+        with pytest.raises(type(error)):
+            checkpoints.restore_latest(abstract(state_of(0)))
+    checkpoints.close()
+    assert snapshot(tmp_path) == before
+
+
 def test_another_networks_checkpoint_stops_with_nothing_touched(tmp_path):
     save_steps(tmp_path, [1, 2])
     before = snapshot(tmp_path)
@@ -78,6 +96,11 @@ def test_a_replayed_best_is_kept_and_a_later_one_from_another_history_is_moved_a
     assert (tmp_path / "superseded" / "best-8").is_dir()
     restored, _ = checkpoints.restore_best(abstract(state_of(0)))
     assert int(restored["step"]) == 6
+    # Killed again and resumed from before step 6: the step-8 best of the replay goes aside in place
+    # of the earlier copy, so repeated interruptions keep one copy per step.
+    checkpoints.save_best(8, state_of(8), {"step": 8})
+    checkpoints.save_best(4, state_of(4), {"step": 4})
+    assert checkpoints.steps()["best"] == [4] and os.listdir(tmp_path / "superseded") == ["best-8"]
     checkpoints.close()
 
 

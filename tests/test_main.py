@@ -30,6 +30,8 @@ SMOKE = ("--config=configs/smoke.py", "--config.parallel.data=1", "--config.trai
             "ILSVRC2012_img_train.tar",
         ),
         (["--config=configs/nope.py"], "error: config file configs/nope.py not found"),
+        (["--config.optim.batch_size=512"], "optim.batch_size=512 is larger than the training set (256 images)"),
+        (["--config.model.lrn_n=4"], "model.lrn_n=4 must be odd and positive"),
     ],
 )
 def test_user_mistakes_give_one_clear_line(tmp_path, capsys, arguments, message):

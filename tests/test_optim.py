@@ -77,6 +77,11 @@ def test_plateau_min_delta_counts_small_gains_as_stalls():
     rates, state = run_plateau([0.5, 0.4995, 0.4992], patience=2, min_delta=0.001)
     assert rates[-1] == pytest.approx(0.001)
     assert state.best_error == 0.5  # a gain below min_delta does not move the reference
+    # A gain of exactly min_delta counts: 50 images of the 50,000 validation images is 0.1 %.
+    rates, state = run_plateau([0.42, 20_950 / 50_000, 20_950 / 50_000], patience=2, min_delta=0.001)
+    assert state.best_error == 20_950 / 50_000 and state.evals_without_improvement == 1
+    rates, state = run_plateau([0.3, 0.3, 0.3], patience=5, min_delta=0.0)
+    assert state.evals_without_improvement == 2  # an equal error is no improvement, even with no margin
 
 
 def test_plateau_slow_steady_improvement_is_not_a_plateau():

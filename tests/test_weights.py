@@ -78,7 +78,9 @@ def test_torchvision_file_imports_exports_bit_for_bit_and_gives_numpy_logits(tmp
 
 
 def test_caffe_npy_needs_the_pickle_flag_and_round_trips(tmp_path, torch_weights):
-    caffe = weights_lib.to_caffe_layout(weights_lib.from_torch_layout(torch_weights))
+    canonical = weights_lib.from_torch_layout(torch_weights)
+    caffe = weights_lib.to_caffe_layout(canonical)
+    np.testing.assert_array_equal(caffe["conv1"][0], canonical["conv1"]["kernel"][:, :, ::-1])  # BGR input
     path = str(tmp_path / "bvlc_alexnet.npy")
     np.save(path, np.array(caffe, dtype=object), allow_pickle=True)
     with pytest.raises(weights_lib.PickleRefused, match="pickle"):
