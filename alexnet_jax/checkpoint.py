@@ -9,11 +9,12 @@ the hosts that hold them, and the stored tree is the canonical one whatever mesh
 Two ways a checkpoint can fail to restore, handled differently:
 
 * it does not fit the config (another network: a leaf's shape or dtype differs, or a leaf is
-  missing). Nothing is wrong with the files; `IncompatibleCheckpoint` is raised before anything is
-  read or written, and the caller stops.
+  missing). Nothing is wrong with the files; `IncompatibleCheckpoint` is raised before any array
+  is read or any checkpoint touched, and the caller stops.
 * it is damaged (a file cut short or overwritten). It is moved aside to
   `<workdir>/damaged/<kind>-<step>` (never deleted) and the one before it is tried, so that no later
-  save collides with it and nothing newer than the restored step is lost.
+  save collides with it and nothing newer than the restored step is lost. A failure of the machine
+  rather than the files (out of memory, permissions, the network) is raised as it is.
 """
 
 from __future__ import annotations

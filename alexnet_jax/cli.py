@@ -37,12 +37,25 @@ class UserError(Exception):
     """A mistake in the command line, config or data: reported in one line, exit code 2."""
 
 
+class _StderrHandler(std_logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time of each record, so that runs started in one
+    process one after another (a notebook, the tests) each log where their stderr goes."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        del value
+
+
 def setup_logging() -> None:
     """Our progress lines at INFO on stderr (DEBUG with --verbosity=1); the libraries' absl logs
     (Orbax's line per save, tensorflow-datasets' notices) only for errors unless --verbosity asks."""
     ours = std_logging.getLogger("alexnet_jax")
     if not ours.handlers:
-        handler = std_logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(std_logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         ours.addHandler(handler)
     ours.setLevel(std_logging.DEBUG if logging.get_verbosity() >= 1 else std_logging.INFO)

@@ -146,24 +146,22 @@ def from_caffe_layout(layers: Mapping[str, object]) -> dict[str, dict[str, np.nd
         if layer not in layers:
             raise KeyError(f"no weights for {layer} in the Caffe dict (keys: {sorted(layers)})")
         kernel, bias = layers[layer]
-        kernel = np.asarray(kernel, np.float32)
-        params[layer] = {
-            "kernel": kernel[:, :, ::-1].copy() if layer == "conv1" else kernel,
-            "bias": np.asarray(bias, np.float32),
-        }
+        params[layer] = {"kernel": _swap_colour_order(layer, kernel), "bias": np.asarray(bias, np.float32)}
     return params
 
 
 def to_caffe_layout(params: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
     """The inverse of `from_caffe_layout` (conv1 back to BGR input)."""
-    caffe = {}
-    for layer in LAYER_NAMES:
-        kernel = np.asarray(params[layer]["kernel"], np.float32)
-        caffe[layer] = [
-            kernel[:, :, ::-1].copy() if layer == "conv1" else kernel,
-            np.asarray(params[layer]["bias"], np.float32),
-        ]
-    return caffe
+    return {
+        layer: [_swap_colour_order(layer, params[layer]["kernel"]), np.asarray(params[layer]["bias"], np.float32)]
+        for layer in LAYER_NAMES
+    }
+
+
+def _swap_colour_order(layer: str, kernel) -> np.ndarray:
+    """conv1's kernel with its input channels reversed (RGB <-> BGR); other kernels as they are."""
+    kernel = np.asarray(kernel, np.float32)
+    return kernel[:, :, ::-1].copy() if layer == "conv1" else kernel
 
 
 def load(path: str, *, allow_pickle: bool = False) -> dict[str, dict[str, np.ndarray]]:

@@ -190,7 +190,7 @@ def comparable(records):
     return [{k: v for k, v in r.items() if k != "images_per_second"} for r in records]
 
 
-def test_interrupted_runs_end_bitwise_equal_to_an_uninterrupted_one(finished_run, tmp_path):
+def test_interrupted_runs_end_bitwise_equal_to_an_uninterrupted_one(finished_run, tmp_path, capsys):
     """Three interruptions of one run with evaluations every 8 steps and checkpoints every 5 (a
     SIGKILL while an asynchronous save is being written, after a random step; a SIGKILL right after
     an improving evaluation; a SIGTERM at a random step), then a rerun to the end: the same
@@ -205,7 +205,8 @@ def test_interrupted_runs_end_bitwise_equal_to_an_uninterrupted_one(finished_run
         preempt_at_a_random_step,
     ):
         history.append(interrupt(workdir, rng))
-    code, out, err = run_module("alexnet_jax.main", *CLI_ARGS, f"--workdir={workdir}", "--config.eval.ten_crop=True")
+    # The last run to the end, in this process: it is not interrupted, so it needs no process of its own.
+    code, out, err = run_main_in_process(capsys, *CLI_ARGS, f"--workdir={workdir}", "--config.eval.ten_crop=True")
     assert code == 0, err[-3000:]
     context = f"random seed {seed}: {'; '.join(history)}"
     assert err.count("resumed from step") == 1, context
