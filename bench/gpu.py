@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -248,12 +249,12 @@ def measure(args) -> dict:
     batches = [int(b) for b in args.batches.split(",")]
     prepared = None
     if args.prepared_images:
-        try:
-            import tensorflow  # noqa: F401  (the prepared-copy rows need the input pipeline)
-
+        # The prepared-copy rows need the input pipeline, hence TensorFlow (looked up, not imported:
+        # only the measuring child uses it).
+        if importlib.util.find_spec("tensorflow") is not None:
             prepared = tempfile.mkdtemp(prefix="gpu_bench_prepared_")
             _make_prepared_copy(prepared, args.prepared_images, args.classes)
-        except ImportError:
+        else:
             rows.append(
                 {
                     "what": "prepared",

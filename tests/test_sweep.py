@@ -10,7 +10,12 @@ from alexnet_jax import model as model_lib
 from alexnet_jax import sweep
 from configs import ablations, paper
 
-TINY = ["--config.train.num_epochs=1", "--config.data.fake_train_size=64", "--config.parallel.data=1"]
+TINY = [
+    "--config.train.num_epochs=1",
+    "--config.data.fake_train_size=64",
+    "--config.data.fake_eval_size=16",
+    "--config.parallel.data=1",
+]
 
 
 def test_grid_expands_to_every_combination():

@@ -130,7 +130,8 @@ def test_bfloat16_training_tracks_float32(finished_run, tmp_path):
 CLI_ARGS = ("--config=configs/smoke.py", "--config.parallel.data=1", "--config.eval.ten_crop=False")
 
 
-def wait_for(process, predicate, what, poll=0.005):
+def wait_for(process, predicate, what, poll=0.02):
+    """Polls `predicate` until it holds; the polling shares two cores with the run and another test."""
     while process.poll() is None:
         if predicate():
             return
@@ -161,13 +162,13 @@ def kill_during_a_save_after_a_random_step(workdir, rng):
     step = rng.randint(2, 12)
     directory = os.path.join(workdir, "checkpoints")
 
-    def saving():
-        return any(r["step"] >= step for r in train_records(workdir)) and any(
-            "tmp" in name for name in (os.listdir(directory) if os.path.isdir(directory) else [])
+    def saving():  # the cheap test first: a save's temporary folder, then the step it belongs to
+        return any("tmp" in name for name in (os.listdir(directory) if os.path.isdir(directory) else [])) and any(
+            r["step"] >= step for r in train_records(workdir)
         )
 
     process = run_module("alexnet_jax.main", *CLI_ARGS, f"--workdir={workdir}", wait=False)
-    wait_for(process, saving, f"a checkpoint was being written after step {step}", poll=0.001)
+    wait_for(process, saving, f"a checkpoint was being written after step {step}", poll=0.002)
     process.send_signal(signal.SIGKILL)
     return f"SIGKILL while a checkpoint was being written after step {step}"
 
