@@ -16,13 +16,13 @@ def get_config():
     config = default.get_config()
     config.data.source = "fake"
     config.data.name = "fake"
-    config.data.fake_train_size = 256
+    config.data.fake_train_size = 128
     config.data.fake_eval_size = 40
     config.data.fake_num_classes = 4
     config.model.num_classes = 4
     config.model.fc_width = 512
     config.model.init_scheme = "cuda-convnet"
-    config.optim.batch_size = 32
+    config.optim.batch_size = 16
     config.eval.batch_size = 16
     config.train.num_epochs = 6
     config.train.log_every_steps = 1

@@ -30,7 +30,7 @@ SMOKE = ("--config=configs/smoke.py", "--config.parallel.data=1", "--config.trai
             "ILSVRC2012_img_train.tar",
         ),
         (["--config=configs/nope.py"], "error: config file configs/nope.py not found"),
-        (["--config.optim.batch_size=512"], "optim.batch_size=512 is larger than the training set (256 images)"),
+        (["--config.optim.batch_size=512"], "optim.batch_size=512 is larger than the training set (128 images)"),
         (["--config.model.lrn_n=4"], "model.lrn_n=4 must be odd and positive"),
     ],
 )

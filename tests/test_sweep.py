@@ -12,7 +12,7 @@ from configs import ablations, paper
 
 TINY = [
     "--config.train.num_epochs=1",
-    "--config.data.fake_train_size=64",
+    "--config.data.fake_train_size=32",
     "--config.data.fake_eval_size=16",
     "--config.parallel.data=1",
 ]
