@@ -351,8 +351,11 @@ def _train(setup: Setup, workdir: str, batches: Iterator[dict] | None) -> dict:
             state, metrics = setup.train_step(state, next(batches), setup.dropout_rng)
             log_step = due(step, config.train.log_every_steps, total_steps)
             stopping = stop.agreed(log_step)
-            if log_step:
+            eval_step = due(step, setup.eval_every, total_steps)
+            save_step = due(step, config.train.checkpoint_every_steps, total_steps) or stopping
+            if log_step or eval_step or save_step:  # the one wait for the device, before anything is kept
                 _check_finite(state, workdir)
+            if log_step:
                 metrics = jax.device_get(metrics)
                 elapsed = time.time() - timer_start
                 speed = (step - timer_step) * config.optim.batch_size / max(elapsed, 1e-9)
@@ -373,8 +376,7 @@ def _train(setup: Setup, workdir: str, batches: Iterator[dict] | None) -> dict:
                 }
                 writer.write(step, "train", {**metrics, **progress_record})
                 timer_start, timer_step = time.time(), step
-            if due(step, setup.eval_every, total_steps):
-                _check_finite(state, workdir)
+            if eval_step:
                 result = evaluate.evaluate(
                     setup.eval_steps["centre"], state.params, data, mesh, batch_size=config.eval.batch_size
                 )
@@ -400,8 +402,7 @@ def _train(setup: Setup, workdir: str, batches: Iterator[dict] | None) -> dict:
                 if error < lowest_error:
                     lowest_error = error
                     checkpoints.save_best(step, state, save_record())
-            if due(step, config.train.checkpoint_every_steps, total_steps) or stopping:
-                _check_finite(state, workdir)
+            if save_step:
                 checkpoints.save(step, state, save_record())
             if stopping:
                 checkpoints.wait()

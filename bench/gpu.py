@@ -162,18 +162,27 @@ def _child(spec: dict, timeout: float) -> dict:
     return _run_child(command, timeout)
 
 
-def _run_child(command: list[str], timeout: float) -> dict:
+def _run(command: list[str], timeout: float) -> tuple[str | None, str]:
+    """(error, stdout) of a measuring process: the error is its last stderr line, or the timeout."""
     try:
         out = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
+        return f"timed out after {timeout:.0f} s", ""
     if out.returncode != 0:
-        return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1][:300]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        return (out.stderr.strip().splitlines() or ["failed"])[-1][:300], ""
+    return None, out.stdout
+
+
+def _run_child(command: list[str], timeout: float) -> dict:
+    """The JSON object a measuring process prints last, or {"error": ...}."""
+    error, stdout = _run(command, timeout)
+    return {"error": error} if error else json.loads(stdout.strip().splitlines()[-1])
 
 
 def _torch_rows(dtype: str, batches: str, image_size: int, classes: int, repeats: int, timeout: float) -> list[dict]:
     """PyTorch eager and torch.compile training steps, via bench/torch_compare.py, in a fresh process."""
+    if image_size != 224 or classes != 1000:
+        return [{"framework": "torch", "error": "the PyTorch network is the paper's 224 x 224, 1,000 classes"}]
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "torch.json")
         command = [
@@ -189,14 +198,9 @@ def _torch_rows(dtype: str, batches: str, image_size: int, classes: int, repeats
             "--pause=0",
             f"--out={out}",
         ]
-        if image_size != 224 or classes != 1000:
-            return [{"framework": "torch", "error": "the PyTorch network is the paper's 224 x 224, 1,000 classes"}]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return [{"framework": "torch", "error": f"timed out after {timeout:.0f} s"}]
-        if done.returncode != 0 or not os.path.exists(out):
-            return [{"framework": "torch", "error": (done.stderr.strip().splitlines() or ["failed"])[-1][:300]}]
+        error, _ = _run(command, timeout)
+        if error or not os.path.exists(out):
+            return [{"framework": "torch", "error": error or "bench/torch_compare.py wrote no results"}]
         with open(out) as f:
             rows = json.load(f)["rows"]
     return [
