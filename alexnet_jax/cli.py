@@ -1,12 +1,15 @@
-"""What every command-line tool shares: a quiet start, logging, one-line errors, common flags.
+"""What every command-line tool shares: a quiet, quick start and exit, logging, one-line errors,
+common flags.
 
-Import this module before anything that imports TensorFlow: TensorFlow reads its logging settings
-from the environment when it is first imported, and prints start-up notices (oneDNN, CPU features)
-that bury a tool's own first line. They stay visible with `--verbosity=1` (or `-v 1`).
+Import this module before anything that imports TensorFlow: TensorFlow reads its settings from the
+environment when it is first imported. It prints start-up notices (oneDNN, CPU features) that bury a
+tool's own first line; they stay visible with `--verbosity=1` (or `-v 1`).
 """
 
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import logging as std_logging
 import os
@@ -31,6 +34,14 @@ def _verbose(argv: list[str]) -> bool:
 if not _verbose(sys.argv):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ notices and warnings
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # its oneDNN notice; tf.data does not use oneDNN
+# TensorFlow's import loads Keras (and with it scikit-learn and SciPy, about 1.5 s) only to register
+# Keras's optimisers; the tools use tf.data alone. With tf.keras pointed at the legacy package, which
+# they do not install, TensorFlow skips that import. A value set in the environment is kept.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+# At exit, Python's last garbage collection walks every object TensorFlow and JAX created (over a
+# second); the process is ending, so those objects need no walk. Objects made after the freeze (by
+# the other exit handlers: Orbax's, JAX's) are still collected.
+atexit.register(gc.freeze)
 
 
 class UserError(Exception):

@@ -195,10 +195,13 @@ def build(config, model=None) -> Setup:
     )
 
 
-def _evaluate_all(setup: Setup, params) -> dict:
-    """Centre-crop errors, and the 10-crop ones (`ten_crop_*`) when the config asks for them."""
+def _evaluate_all(setup: Setup, params, centre: dict | None = None) -> dict:
+    """Centre-crop errors, and the 10-crop ones (`ten_crop_*`) when the config asks for them;
+    `centre`, the centre-crop result of these same parameters when there is one already."""
     batch = setup.config.eval.batch_size
-    result = evaluate.evaluate(setup.eval_steps["centre"], params, setup.data, setup.mesh, batch_size=batch)
+    if centre is None:
+        centre = evaluate.evaluate(setup.eval_steps["centre"], params, setup.data, setup.mesh, batch_size=batch)
+    result = dict(centre)
     if "ten_crop" in setup.eval_steps:
         ten = evaluate.evaluate(setup.eval_steps["ten_crop"], params, setup.data, setup.mesh, batch_size=batch)
         result.update({f"ten_crop_{k}": v for k, v in ten.items() if k not in ("count", "unreadable")})
@@ -339,6 +342,7 @@ def _train(setup: Setup, workdir: str, batches: Iterator[dict] | None) -> dict:
             return {"plateau": dataclasses.asdict(plateau), "lowest_error": lowest_error}
 
         timer_start, timer_step, reported_unreadable, rate_on_device = time.time(), start_step, 0, None
+        last_evaluation = None  # (step, centre-crop result): the last step's is the final one's too
         for step in range(start_step + 1, total_steps + 1):
             epoch = (step - 1) / setup.steps_per_epoch
             rate = optim.scheduled_learning_rate(
@@ -391,6 +395,7 @@ def _train(setup: Setup, workdir: str, batches: Iterator[dict] | None) -> dict:
                         max_cuts=config.schedule.max_cuts,
                     )
                 writer.write(step, "eval", result)
+                last_evaluation = (step, result)
                 if jax.process_index() == 0:
                     log.info(
                         "eval at step %d: top-1 error %.4f, top-5 error %.4f (%d images)",
@@ -409,7 +414,8 @@ def _train(setup: Setup, workdir: str, batches: Iterator[dict] | None) -> dict:
                 log.warning("stopped at step %d on SIGTERM; rerun the same command to resume", step)
                 return {"stopped_at_step": step}
         checkpoints.wait()
-        final = _evaluate_all(setup, state.params)
+        centre = last_evaluation[1] if last_evaluation and last_evaluation[0] == total_steps else None
+        final = _evaluate_all(setup, state.params, centre)
         writer.write(total_steps, "final", final)
         if jax.process_index() == 0:
             with open(final_path, "w") as f:

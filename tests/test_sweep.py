@@ -48,34 +48,63 @@ def flatten(tree, prefix=""):
 
 
 def test_the_study_runs_resumes_and_reports(tmp_path, capsys):
-    """The baseline and one ablation, two seeds each, on made-up data in one step per run."""
-    arguments = [
-        "ablations",
-        f"--root={tmp_path}",
-        "--seeds=2",
-        "--base=smoke",
-        "--only=no_lrn",
-        "--inline",
-        "--",
-        *TINY,
-    ]
+    """The baseline and one ablation on made-up data, in one step per run, end to end."""
+    arguments = ["ablations", f"--root={tmp_path}", "--seeds=1", "--base=smoke", "--only=no_lrn", "--inline", "--"]
+    arguments += TINY
     assert sweep.main(arguments) == 0
-    assert sorted(os.listdir(tmp_path / "no_lrn")) == ["seed=0", "seed=1"]
-    assert capsys.readouterr().out.count("running:") == 4
+    assert sorted(os.listdir(tmp_path)) == ["ablations.md", "ablations.png", "baseline", "no_lrn"]
+    assert os.listdir(tmp_path / "no_lrn") == ["seed=0"]
+    assert capsys.readouterr().out.count("running:") == 2
     assert sweep.main(arguments) == 0  # again: everything is done already
-    assert capsys.readouterr().out.count("done already") == 4
+    assert capsys.readouterr().out.count("done already") == 2
     text = (tmp_path / "ablations.md").read_text()
-    assert "| no_lrn | 1 |" in text and "| baseline | 0 |" in text
-    assert "| 3.3 | no local response normalisation | 2 |" in text and "LRN: top-1 / top-5 error 1.4 / 1.2" in text
-    assert "| 4.1 | the centre crop instead of 10 crops | 2 |" in text
-    rows = {row["name"]: row for row in sweep.effects(sweep.collect(str(tmp_path)))}
+    assert "| no_lrn | 0 |" in text and "| baseline | 0 |" in text
+    assert "| 3.3 | no local response normalisation | 1 |" in text and "LRN: top-1 / top-5 error 1.4 / 1.2" in text
+    assert "| 4.1 | the centre crop instead of 10 crops | 1 |" in text
     results = sweep.collect(str(tmp_path))
-    expected = [100 * (results["no_lrn"][s]["top1_error"] - results["baseline"][s]["top1_error"]) for s in (0, 1)]
-    assert rows["no_lrn"]["top1_error"][3] == pytest.approx(expected)
+    rows = {row["name"]: row for row in sweep.effects(results)}
+    expected = 100 * (results["no_lrn"][0]["top1_error"] - results["baseline"][0]["top1_error"])
+    assert rows["no_lrn"]["top1_error"][3] == pytest.approx([expected])
     assert Image.open(tmp_path / "ablations.png").size[0] > 500
     sweep.main(["ablations", f"--root={tmp_path}", "--only=tanh", "--seeds=1", "--dry_run"])
     printed = capsys.readouterr().out
     assert "configs/ablations.py:tanh,paper" in printed and "--config.seed=0" in printed
+
+
+def summary(top1, ten_crop_top1, epochs_to_25):
+    return {
+        "top1_error": top1,
+        "top5_error": top1 / 2,
+        "ten_crop_top1_error": ten_crop_top1,
+        "ten_crop_top5_error": ten_crop_top1 / 2,
+        "train_error": 0.1,
+        "epochs_to_25": epochs_to_25,
+    }
+
+
+def test_effects_are_same_seed_differences_with_their_spread():
+    """Three seeds of the baseline and of one ablation, with known errors: each effect is the mean
+    and sample standard deviation of the same-seed differences, in percentage points."""
+    results = {
+        "baseline": {0: summary(0.40, 0.38, 10), 1: summary(0.42, 0.39, 12), 2: summary(0.41, 0.40, None)},
+        "no_lrn": {
+            0: summary(0.41, 0.40, 20),
+            1: summary(0.45, 0.41, 18),
+            2: summary(0.43, 0.41, 30),
+            3: summary(0, 0, 1),
+        },
+    }
+    rows = {row["name"]: row for row in sweep.effects(results)}
+    mean, std, count, diffs = rows["no_lrn"]["top1_error"]
+    assert diffs == pytest.approx([1.0, 3.0, 2.0]) and count == 3  # seed 3 has no baseline: left out
+    assert (mean, std) == pytest.approx((2.0, 1.0))
+    assert rows["no_lrn"]["top5_error"][:2] == pytest.approx((1.0, 0.5))
+    assert rows["no_lrn"]["epochs_ratio"][3] == pytest.approx([2.0, 1.5])  # seed 2's baseline never reached 25 %
+    assert rows["no_lrn"]["never_reached_25"] == 0
+    assert rows["centre_crop"]["top1_error"][3] == pytest.approx([2.0, 3.0, 1.0])
+    text = sweep.report_markdown(results, list(rows.values()), "study")
+    assert "| 3.3 | no local response normalisation | 3 | +2.00 ± 1.00 | +1.00 ± 0.50 |" in text
+    assert "| 1.75 ± 0.35x |" in text
 
 
 def test_grid_runs_skip_finished_ones_and_tabulate(tmp_path, capsys):
