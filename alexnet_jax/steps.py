@@ -54,15 +54,18 @@ def state_shardings(state: TrainState, mesh: Mesh) -> TrainState:
     return jax.tree.map(lambda s: NamedSharding(mesh, s), state_specs(state))
 
 
-def _fresh_state(model, optimizer, rng, image_size, learning_rate) -> Callable[[], TrainState]:
-    def create():
+def _fresh_state(model, optimizer, image_size) -> Callable[[jax.Array, jax.Array], TrainState]:
+    """`create(rng, learning_rate) -> TrainState`. The key and the rate are arguments, not constants
+    of the program: one compiled program serves every seed and rate of a network."""
+
+    def create(rng, learning_rate):
         dummy = jnp.zeros((1, image_size, image_size, 3), model.dtype)
         params = model.init({"params": rng}, dummy)["params"]
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
             opt_state=optimizer.init(params),
-            learning_rate=jnp.asarray(learning_rate, jnp.float32),
+            learning_rate=learning_rate,
             nonfinite=jnp.zeros((3,), jnp.float32),
         )
 
@@ -72,7 +75,7 @@ def _fresh_state(model, optimizer, rng, image_size, learning_rate) -> Callable[[
 def abstract_train_state(model, optimizer, mesh, image_size: int) -> TrainState:
     """Shapes, dtypes and shardings of the state `create_train_state` makes, allocating nothing:
     the target a checkpoint is restored into."""
-    shapes = jax.eval_shape(_fresh_state(model, optimizer, jax.random.key(0), image_size, 0.0))
+    shapes = jax.eval_shape(_fresh_state(model, optimizer, image_size), jax.random.key(0), jnp.float32(0))
     return jax.tree.map(
         lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
         shapes,
@@ -82,8 +85,10 @@ def abstract_train_state(model, optimizer, mesh, image_size: int) -> TrainState:
 
 def create_train_state(model, optimizer, mesh: Mesh, rng: jax.Array, image_size: int, learning_rate: float):
     """A fresh state, created directly in its sharded layout (no full copy on one device first)."""
-    create = _fresh_state(model, optimizer, rng, image_size, learning_rate)
-    return jax.jit(create, out_shardings=state_shardings(jax.eval_shape(create), mesh))()
+    create = _fresh_state(model, optimizer, image_size)
+    rate = jnp.float32(learning_rate)
+    shardings = state_shardings(jax.eval_shape(create, rng, rate), mesh)
+    return jax.jit(create, out_shardings=shardings)(rng, rate)
 
 
 def normalise_images(batch: dict, mean: np.ndarray | None) -> jax.Array:

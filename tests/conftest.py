@@ -6,25 +6,46 @@ own device count (`helpers.cli_env`).
 """
 
 import os
+import shutil
 import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-# One compilation cache for the whole run, shared by the test workers (pytest-xdist gives them one run
-# id) and the command-line runs the tests start: the same programs are compiled once, not in every
-# process or every training run.
-_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-_CACHE = os.path.join(tempfile.gettempdir(), f"alexnet_jax_tests_xla_{_RUN}") if _RUN else tempfile.mkdtemp()
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+# One compilation cache for the whole run, made by the process that loads this file first (pytest
+# itself, whose environment the test workers and the command-line runs they start inherit): the same
+# programs are compiled once, not in every process or every training run. Removed at the end.
+_OWN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _OWN_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="alexnet_jax_tests_xla_")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 from alexnet_jax import model as model_lib  # noqa: E402
 
-# The files that take longest on a 2-core machine, longest first; the others follow in their own order.
-LONGEST_FIRST = ("test_parallel.py", "test_train.py", "test_portability.py", "test_bench.py", "test_sweep.py")
+# Test files longest first (as measured on a 2-core machine), so that pytest-xdist (run with
+# --no-loadscope-reorder) hands the long ones out first and the short ones fill in at the end.
+LONGEST_FIRST = (
+    "test_train.py",
+    "test_portability.py",
+    "test_parallel.py",
+    "test_bench.py",
+    "test_weights.py",
+    "test_layers.py",
+    "test_model.py",
+    "test_sweep.py",
+    "test_vgg.py",
+    "test_predict.py",
+    "test_visualize.py",
+    "test_steps.py",
+    "test_main.py",
+)
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):
