@@ -36,8 +36,10 @@ if not _verbose(sys.argv):
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # its oneDNN notice; tf.data does not use oneDNN
 # TensorFlow's import loads Keras (and with it scikit-learn and SciPy, about 1.5 s) only to register
 # Keras's optimisers; the tools use tf.data alone. With tf.keras pointed at the legacy package, which
-# they do not install, TensorFlow skips that import. A value set in the environment is kept.
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+# they do not install, TensorFlow skips that import. Only in a tool's own process (`python -m
+# alexnet_jax.TOOL`): a notebook that imports a tool may want tf.keras. A value set is kept.
+if getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", "").startswith("alexnet_jax."):
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # At exit, Python's last garbage collection walks every object TensorFlow and JAX created (over a
 # second); the process is ending, so those objects need no walk. Objects made after the freeze (by
 # the other exit handlers: Orbax's, JAX's) are still collected.

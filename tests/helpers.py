@@ -22,12 +22,15 @@ def cli_env(devices: int = 1) -> dict:
     return env
 
 
-def run_module(module: str, *args: str, devices: int = 1, wait: bool = True, timeout: float = 600):
-    """`python -m module args` from the repository root: (code, stdout, stderr), or the process."""
+def run_module(
+    module: str, *args: str, devices: int = 1, wait: bool = True, timeout: float = 600, env: dict | None = None
+):
+    """`python -m module args` from the repository root, with `env` added to the environment:
+    (code, stdout, stderr), or the process."""
     process = subprocess.Popen(
         [sys.executable, "-m", module, *args],
         cwd=ROOT,
-        env=cli_env(devices),
+        env={**cli_env(devices), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -42,7 +42,8 @@ def test_user_mistakes_give_one_clear_line(tmp_path, capsys, arguments, message)
 
 
 def test_a_run_starts_with_our_own_first_line(tmp_path):
-    """Nothing from TensorFlow or absl before the first progress line; --verbosity=1 shows them."""
+    """Nothing from TensorFlow or absl before the first progress line; --verbosity=1 shows them.
+    TensorFlow's start-up in a tool leaves Keras out."""
     process = run_module(
         "alexnet_jax.main", *SMOKE, f"--workdir={tmp_path / 'quiet'}", "--config.eval.ten_crop=False", wait=False
     )
@@ -58,8 +59,11 @@ def test_a_run_starts_with_our_own_first_line(tmp_path):
         f"--workdir={tmp_path / 'verbose'}",
         "--verbosity=1",
         "--config.model.variant=resnet",
+        env={"PYTHONPROFILEIMPORTTIME": "1"},  # a line per imported module on stderr
     )
     assert code == 2 and "oneDNN" in err and "Traceback" in err
+    imported = [line.split("|")[-1].strip() for line in err.splitlines() if line.startswith("import time:")]
+    assert "tensorflow" in imported and not [name for name in imported if name.split(".")[0] == "keras"]
 
 
 def test_config_check_names_the_field():
