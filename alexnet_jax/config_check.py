@@ -59,10 +59,9 @@ def check(config) -> None:
         raise ConfigError(
             f"parallel.micro_batch={config.parallel.micro_batch} must be -1 (automatic), 0 (whole batch) or positive"
         )
-    if config.model.get("lrn_n", 5) < 1 or config.model.get("lrn_n", 5) % 2 == 0:
-        raise ConfigError(
-            f"model.lrn_n={config.model.lrn_n} must be odd and positive: the window is centred on a channel"
-        )
+    lrn_n = config.model.get("lrn_n", 5)
+    if lrn_n < 1 or lrn_n % 2 == 0:
+        raise ConfigError(f"model.lrn_n={lrn_n} must be odd and positive: the window is centred on a channel")
     if not 0 <= config.model.dropout_rate < 1:
         raise ConfigError(f"model.dropout_rate={config.model.dropout_rate} must be in [0, 1)")
     if config.model.image_size > config.data.resize_size:

@@ -195,15 +195,19 @@ def build(config, model=None) -> Setup:
     )
 
 
+def _evaluate(setup: Setup, params, crops: str) -> dict:
+    """The whole validation split's errors with `crops` ("centre" or "ten_crop")."""
+    return evaluate.evaluate(
+        setup.eval_steps[crops], params, setup.data, setup.mesh, batch_size=setup.config.eval.batch_size
+    )
+
+
 def _evaluate_all(setup: Setup, params, centre: dict | None = None) -> dict:
     """Centre-crop errors, and the 10-crop ones (`ten_crop_*`) when the config asks for them;
     `centre`, the centre-crop result of these same parameters when there is one already."""
-    batch = setup.config.eval.batch_size
-    if centre is None:
-        centre = evaluate.evaluate(setup.eval_steps["centre"], params, setup.data, setup.mesh, batch_size=batch)
-    result = dict(centre)
+    result = dict(centre if centre is not None else _evaluate(setup, params, "centre"))
     if "ten_crop" in setup.eval_steps:
-        ten = evaluate.evaluate(setup.eval_steps["ten_crop"], params, setup.data, setup.mesh, batch_size=batch)
+        ten = _evaluate(setup, params, "ten_crop")
         result.update({f"ten_crop_{k}": v for k, v in ten.items() if k not in ("count", "unreadable")})
     return result
 
@@ -381,9 +385,7 @@ def _train(setup: Setup, workdir: str, batches: Iterator[dict] | None) -> dict:
                 writer.write(step, "train", {**metrics, **progress_record})
                 timer_start, timer_step = time.time(), step
             if eval_step:
-                result = evaluate.evaluate(
-                    setup.eval_steps["centre"], state.params, data, mesh, batch_size=config.eval.batch_size
-                )
+                result = _evaluate(setup, state.params, "centre")
                 error = result["top1_error"]
                 if config.schedule.kind == "plateau":
                     plateau = optim.plateau_update(
