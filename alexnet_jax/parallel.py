@@ -7,7 +7,7 @@ fc7 2048, fc8 half the classes). The stored canonical tree is not reshaped; `P(.
 last axis is the whole layout. On `data` the batch is split and gradients are summed.
 
 Communication between the towers happens where the paper's GPUs talked, as `all_gather`s over
-`model` inside `AlexNet` (model.py), and nowhere else. Per image, in the forward pass, each tower
+`model` inside `AlexNet` (networks/alexnet.py), and nowhere else. Per image, in the forward pass, each tower
 sends the other (float32; half that in bfloat16):
 
 | layer | what a tower sends                          | bytes/image |

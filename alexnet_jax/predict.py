@@ -24,8 +24,7 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from alexnet_jax import datasets, preprocess, statistics, steps
-from alexnet_jax import model as model_lib
+from alexnet_jax import datasets, networks, preprocess, statistics, steps
 from alexnet_jax import weights as weights_lib
 from alexnet_jax import workdir as workdir_lib
 
@@ -66,7 +65,7 @@ def load_network(
     if names is None:
         names = _default_names(config.model.num_classes)
     mean = mean if config.data.subtract_mean else None
-    return Network(model_lib.from_config(config.model), params, config, mean, datasets.readable_class_names(names))
+    return Network(networks.from_config(config.model), params, config, mean, datasets.readable_class_names(names))
 
 
 def _default_names(num_classes: int) -> list[str]:

@@ -176,7 +176,7 @@ def _local_gradients(tower_model, params, images, labels, rng, micro_batch=0):
     (faster on CPUs), and fc6's 151 MB weight gradient formed once rather than once per chunk.
     """
     global_batch = labels.shape[0] * lax.axis_size(DATA)
-    head_names = [name for name in params if name.startswith("fc")]
+    head_names = [name for name in params if name in tower_model.HEAD]
     trunk_names = [name for name in params if name not in head_names]
 
     def head_loss(head, maps):

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 from absl import flags
 from ml_collections import config_flags
 
-from alexnet_jax import model as model_lib
-from alexnet_jax import vgg
+from alexnet_jax import networks
+from alexnet_jax.networks import alexnet, vgg
 
 # Figure 2's neuron counts, and the parameters its layer shapes imply, for the 224-input paper network.
 PAPER_NEURONS = {
@@ -53,14 +53,14 @@ def _shapes(model, image_size: int) -> tuple[dict, dict]:
     images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
 
     def forward(x):
-        params = model_lib.init_params(model, jax.random.key(0), image_size)
+        params = networks.init_params(model, jax.random.key(0), image_size)
         return params, model.apply({"params": params}, x, mutable=["intermediates"])[1]
 
     params, state = jax.eval_shape(forward, images)
     return params, {name: value[0].shape[1:] for name, value in state["intermediates"].items()}
 
 
-def layer_table(model: model_lib.AlexNet, image_size: int) -> dict:
+def layer_table(model: alexnet.AlexNet, image_size: int) -> dict:
     """Per-layer figures of `model` for one `image_size` x `image_size` image.
 
     `sent_bytes` is what each tower sends the other per image in the forward pass when the towers
@@ -69,25 +69,25 @@ def layer_table(model: model_lib.AlexNet, image_size: int) -> dict:
     """
     params, acts = _shapes(model, image_size)
     itemsize = jnp.dtype(model.dtype).itemsize
-    arch = model_lib.ARCHITECTURES[model.variant]
+    arch = alexnet.ARCHITECTURES[model.variant]
     tower_input = {conv.name: conv.tower_input for conv in arch.convs}
     # What each layer reads: the previous layer's pooled (or raw) output.
     inputs = {"conv1": (image_size, image_size, 3)}
     previous = "conv1"
-    for name in model_lib.LAYER_NAMES[1:]:
+    for name in alexnet.LAYER_NAMES[1:]:
         inputs[name] = acts.get("pool" + previous[-1], acts[f"{previous}_out"])
         previous = name
 
     rows = []
-    for name in model_lib.LAYER_NAMES:
+    for name in alexnet.LAYER_NAMES:
         kernel = params[name]["kernel"].shape
         out_shape = acts[f"{name}_out"]
-        n_params = model_lib.count_params(params[name])
+        n_params = networks.count_params(params[name])
         if len(kernel) == 4:
             macs = math.prod(out_shape) * kernel[0] * kernel[1] * kernel[2]
         else:
             macs = kernel[0] * kernel[1]
-        cross = tower_input.get(name, model_lib.BOTH_TOWERS) == model_lib.BOTH_TOWERS
+        cross = tower_input.get(name, alexnet.BOTH_TOWERS) == alexnet.BOTH_TOWERS
         sent = math.prod(inputs[name]) * itemsize // 2 if cross and arch.towers == 2 else 0
         rows.append(
             dict(
@@ -188,7 +188,7 @@ def vgg_table(model, image_size: int) -> dict:
                 name=name,
                 output_shape=list(out),
                 values=math.prod(out),
-                params=model_lib.count_params(params[name]),
+                params=networks.count_params(params[name]),
                 weights=math.prod(kernel),
                 macs=macs,
             )
@@ -243,7 +243,7 @@ def main(argv):
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     config = cli.config_value(_CONFIG)
-    model = model_lib.from_config(config.model)
+    model = networks.from_config(config.model)
     if config.model.name == "vgg16":
         table = vgg_table(model, config.model.image_size)
         text = format_vgg_table(table)

@@ -26,8 +26,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from alexnet_jax import checkpoint as checkpoint_lib
-from alexnet_jax import datasets, evaluate, input_pipeline, optim, parallel, progress, steps
-from alexnet_jax import model as model_lib
+from alexnet_jax import datasets, evaluate, input_pipeline, networks, optim, parallel, progress, steps
 from alexnet_jax import workdir as workdir_lib
 
 log = logging.getLogger("alexnet_jax")
@@ -167,7 +166,7 @@ def build(config, model=None) -> Setup:
             f"optim.batch_size={config.optim.batch_size} is larger than the training set "
             f"({data.train.size} images): not one step per epoch"
         )
-    model = model or model_lib.from_config(config.model)
+    model = model or networks.from_config(config.model)
     optimizer = optim.paper_sgd(
         momentum=config.optim.momentum,
         weight_decay=config.optim.weight_decay,

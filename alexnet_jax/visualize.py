@@ -37,8 +37,7 @@ import numpy as np
 from absl import flags
 from PIL import Image, ImageDraw, ImageFont
 
-from alexnet_jax import datasets, predict, progress, steps
-from alexnet_jax import model as model_lib
+from alexnet_jax import datasets, networks, predict, progress, steps
 
 BACKGROUND = (255, 255, 255)
 TILE_GAP = 2  # pixels between kernels (and between images)
@@ -56,10 +55,8 @@ def _font(size: int = 11) -> ImageFont.ImageFont:
 
 def first_layer_kernel(params: dict, config) -> tuple[np.ndarray, int]:
     """(first convolution's kernel (kh, kw, 3, out), number of towers it is split into)."""
-    if config.model.name == "vgg16":
-        return np.asarray(params["conv1_1"]["kernel"]), 1
-    towers = model_lib.ARCHITECTURES[config.model.variant].towers
-    return np.asarray(params["conv1"]["kernel"]), towers
+    network = networks.from_config(config.model)
+    return np.asarray(params[network.LAYERS[0]]["kernel"]), network.towers
 
 
 def kernel_images(kernel: np.ndarray, scale: str = "each") -> np.ndarray:

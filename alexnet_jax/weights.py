@@ -35,7 +35,8 @@ import numpy as np
 from absl import flags
 
 from alexnet_jax import workdir as workdir_lib
-from alexnet_jax.model import LAYER_NAMES, count_params
+from alexnet_jax.networks import count_params
+from alexnet_jax.networks.alexnet import LAYER_NAMES
 
 # torchvision.models.alexnet state-dict prefixes of our layers.
 TORCHVISION_NAMES = {

@@ -25,8 +25,7 @@ from typing import Any
 import jax
 
 from alexnet_jax import checkpoint as checkpoint_lib
-from alexnet_jax import model as model_lib
-from alexnet_jax import optim, parallel, statistics, steps
+from alexnet_jax import networks, optim, parallel, statistics, steps
 
 CONFIG_FILE = "config.json"
 CLASS_NAMES_FILE = "class_names.json"
@@ -160,7 +159,7 @@ def restore_params(workdir: str, config, which: str = "best") -> tuple[Any, int]
 
     The stored tree is the canonical one whatever mesh trained it, so it restores onto any layout.
     """
-    net = model_lib.from_config(config.model)
+    net = networks.from_config(config.model)
     mesh = parallel.make_mesh(1, 1)
     abstract = jax.eval_shape(
         lambda: steps.create_train_state(net, optim.paper_sgd(), mesh, jax.random.key(0), config.model.image_size, 0.0)

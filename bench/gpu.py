@@ -47,8 +47,7 @@ def _jax_row(spec: dict) -> dict:
     import jax
     import numpy as np
 
-    from alexnet_jax import model as model_lib
-    from alexnet_jax import optim, parallel, steps
+    from alexnet_jax import networks, optim, parallel, steps
     from configs import paper
 
     config = paper.get_config()
@@ -59,7 +58,7 @@ def _jax_row(spec: dict) -> dict:
             config.parallel.micro_batch = value
         else:
             config.model[key] = value
-    net, optimizer, mesh = model_lib.from_config(config.model), optim.paper_sgd(), parallel.make_mesh(1, 1)
+    net, optimizer, mesh = networks.from_config(config.model), optim.paper_sgd(), parallel.make_mesh(1, 1)
     batch, size = spec["batch"], spec["image_size"]
     micro_batch = steps.resolve_micro_batch(config.parallel.micro_batch, batch, size)
     mean = np.full((size + 32, size + 32, 3), 118.0, np.float32)

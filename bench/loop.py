@@ -25,8 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import layers, train
+from alexnet_jax import train
 from alexnet_jax import workdir as workdir_lib
+from alexnet_jax.networks import layers
 from configs import smoke
 
 LOG_EVERY = 100

@@ -22,8 +22,8 @@ import time
 import jax
 import numpy as np
 
-from alexnet_jax import model as model_lib
 from alexnet_jax import optim, parallel, steps, summary
+from alexnet_jax.networks import alexnet
 
 
 def communication_bytes(table: dict, params_bytes: int, batch: int, data: int, model: int) -> int:
@@ -38,7 +38,7 @@ def communication_bytes(table: dict, params_bytes: int, batch: int, data: int, m
 def time_mesh(shape, args, table, params_bytes):
     data, model = shape
     mesh = parallel.make_mesh(data, model)
-    net = model_lib.AlexNet(
+    net = alexnet.AlexNet(
         num_classes=1000, dtype=np.dtype(args.dtype) if args.dtype != "bfloat16" else jax.numpy.bfloat16
     )
     optimizer = optim.paper_sgd()
@@ -89,7 +89,7 @@ def main():
     parser.add_argument("--out", default="bench/results/mesh_step.json", help="where to write the rows (JSON)")
     args = parser.parse_args()
 
-    table = summary.layer_table(model_lib.AlexNet(), args.image_size)
+    table = summary.layer_table(alexnet.AlexNet(), args.image_size)
     params_bytes = table["total_params"] * 4
     rows = []
     print(f"{'mesh':>5} {'compile s':>9} {'step s (median)':>15} {'img/s':>8} {'comm MB/step':>12}")

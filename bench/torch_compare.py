@@ -51,9 +51,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import model as model_lib
-from alexnet_jax import optim, parallel, steps, summary
+from alexnet_jax import networks, optim, parallel, steps, summary
 from alexnet_jax import weights as weights_lib
+from alexnet_jax.networks import alexnet
 from configs import paper
 
 NUM_CLASSES, IMAGE = 1000, 224
@@ -175,8 +175,8 @@ class JaxContender:
         self.micro_batch = steps.resolve_micro_batch(micro_batch, batch, IMAGE)
         self.mesh = parallel.make_mesh(1, 1)
         dtype = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
-        choices = model_lib.implementation_choices(paper.get_config().model)
-        self.net = model_lib.AlexNet(num_classes=NUM_CLASSES, dtype=dtype, **choices)
+        choices = networks.implementation_choices(paper.get_config().model)
+        self.net = alexnet.AlexNet(num_classes=NUM_CLASSES, dtype=dtype, **choices)
         self.optimizer = optim.paper_sgd()
         self.state = steps.create_train_state(
             self.net, self.optimizer, self.mesh, jax.random.key(0), IMAGE, LEARNING_RATE
@@ -271,7 +271,7 @@ def _peak_only(framework: str, batch: int, dtype: str, micro_batch: int) -> None
     else:
         import torch
 
-        params = model_lib.init_params(model_lib.AlexNet(num_classes=NUM_CLASSES), jax.random.key(0), IMAGE)
+        params = networks.init_params(alexnet.AlexNet(num_classes=NUM_CLASSES), jax.random.key(0), IMAGE)
         contender = TorchContender(torch, "eager", "cpu", dtype, params)
         contender.set_batch(images, labels, crops)
     for _ in range(2):
@@ -348,7 +348,7 @@ def main():
     if gpu and not torch.cuda.is_available():
         raise SystemExit("JAX sees a GPU but this PyTorch build has no CUDA: install a CUDA build of torch")
     details = machine_details(torch)
-    table = summary.layer_table(model_lib.AlexNet(), IMAGE)
+    table = summary.layer_table(alexnet.AlexNet(), IMAGE)
     forward_flops = 2 * table["total_macs"]  # per image; training counts 3x (forward + two backward)
     work = {"train": 3 * forward_flops, "eval": forward_flops, "eval10": 10 * forward_flops}
     print(

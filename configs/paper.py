@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
     model.init_scheme = "paper"  # Sec. 5: N(0, 0.01^2); "cuda-convnet" | "caffe" variants.
     model.dtype = "float32"  # Compute dtype: "float32" | "bfloat16"; parameters stay float32.
     # Implementations with the same numbers; "auto" keeps the hand-written ones unless another was
-    # measured at least 3 % faster on the backend (alexnet_jax/layers.py, BENCHMARKS.md):
+    # measured at least 3 % faster on the backend (alexnet_jax/networks/layers.py, BENCHMARKS.md):
     model.grouped_conv = "auto"  # "split" (two half convolutions) | "feature_group".
     model.pool_gradient = "auto"  # "custom" (hand-written) | "xla" (select-and-scatter).
     model.lrn_gradient = "auto"  # "custom" (hand-written) | "autodiff".

@@ -22,7 +22,8 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from alexnet_jax import model as model_lib  # noqa: E402
+from alexnet_jax import networks  # noqa: E402
+from alexnet_jax.networks import alexnet  # noqa: E402
 
 # Test files longest first (as measured on a 2-core machine), so that pytest-xdist (run with
 # --no-loadscope-reorder) hands the long ones out first and the short ones fill in at the end.
@@ -33,7 +34,7 @@ LONGEST_FIRST = (
     "test_bench.py",
     "test_weights.py",
     "test_layers.py",
-    "test_model.py",
+    "test_alexnet.py",
     "test_sweep.py",
     "test_vgg.py",
     "test_predict.py",
@@ -59,4 +60,4 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def paper_params():
     """The paper's network at its operating point (224 x 224, 1,000 classes), initialised once per run."""
-    return jax.device_get(model_lib.init_params(model_lib.AlexNet(), jax.random.key(0), 224))
+    return jax.device_get(networks.init_params(alexnet.AlexNet(), jax.random.key(0), 224))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_jax import layers
+from alexnet_jax.networks import layers
 
 
 @pytest.mark.parametrize("towers,channels", [(2, 96), (2, 256), (1, 64)])

@@ -13,8 +13,8 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax import input_pipeline, optim, parallel, steps
-from alexnet_jax import model as model_lib
+from alexnet_jax import input_pipeline, networks, optim, parallel, steps
+from alexnet_jax.networks import alexnet
 from tests.helpers import assert_trees_close
 
 # Each mesh once; 227 pixels where both axes split.
@@ -47,7 +47,7 @@ def host_ten_crops(images: np.ndarray, mean: np.ndarray, crop: int) -> np.ndarra
 
 def operating_point(size: int, paper_params) -> dict:
     """Batches at `size` and what plain single-device code computes from them."""
-    net, rng = model_lib.AlexNet(), np.random.default_rng(size)
+    net, rng = alexnet.AlexNet(), np.random.default_rng(size)
     mean = rng.uniform(90, 140, (RESIZE, RESIZE, 3)).astype(np.float32)
     far = RESIZE - size
     train_batch = {
@@ -176,7 +176,7 @@ COLLECTIVES = {
 
 
 def test_towers_communicate_only_at_the_cross_layers(paper_params):
-    net, mesh = model_lib.AlexNet(), parallel.make_mesh(1, 2)
+    net, mesh = alexnet.AlexNet(), parallel.make_mesh(1, 2)
     images = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
     tower_net = net.clone(model_axis=parallel.MODEL, data_axis=parallel.DATA)
     forward = jax.shard_map(
@@ -243,8 +243,8 @@ def test_mesh_errors_name_the_numbers():
 
 
 def test_one_tower_variants_cannot_split():
-    net, mesh = model_lib.AlexNet(variant="torchvision", num_classes=10), parallel.make_mesh(1, 2)
-    params = model_lib.param_shapes(net, 64)
+    net, mesh = alexnet.AlexNet(variant="torchvision", num_classes=10), parallel.make_mesh(1, 2)
+    params = networks.param_shapes(net, 64)
     with pytest.raises(ValueError, match="cannot be split"):
         jax.eval_shape(
             lambda p, x: forward_on_mesh(net, mesh, p, x), params, jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import datasets, input_pipeline, optim, parallel, steps
-from alexnet_jax import model as model_lib
+from alexnet_jax.networks import alexnet
 from configs import smoke
 from tests.helpers import assert_trees_equal
 
@@ -68,7 +68,7 @@ def test_device_normalisation_equals_the_papers_order_of_operations():
 
 
 def test_a_non_finite_update_is_refused_and_remembered():
-    net = model_lib.AlexNet(num_classes=4, dropout_rate=0.0, fc_width=512)
+    net = alexnet.AlexNet(num_classes=4, dropout_rate=0.0, fc_width=512)
     optimizer, mesh = optim.paper_sgd(), parallel.make_mesh(1, 2)
     state = steps.create_train_state(net, optimizer, mesh, jax.random.key(0), 64, 0.01)
     train_step = steps.make_train_step(net, optimizer, mesh)

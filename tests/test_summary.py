@@ -5,14 +5,14 @@ import os
 import subprocess
 import sys
 
-from alexnet_jax import model as model_lib
 from alexnet_jax import summary
+from alexnet_jax.networks import alexnet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_table_matches_the_paper():
-    table = summary.layer_table(model_lib.AlexNet(), 224)
+    table = summary.layer_table(alexnet.AlexNet(), 224)
     assert table["total_params"] == 60_965_224
     rows = {r["name"]: r for r in table["layers"]}
     assert all(r["params"] == r["paper_params"] for r in table["layers"])
@@ -38,7 +38,7 @@ def test_table_matches_the_paper():
 
 
 def test_torchvision_table_has_no_tower_traffic():
-    table = summary.layer_table(model_lib.AlexNet(variant="torchvision"), 224)
+    table = summary.layer_table(alexnet.AlexNet(variant="torchvision"), 224)
     assert table["total_params"] == 61_100_840 and table["total_sent_bytes"] == 0
 
 
@@ -52,5 +52,5 @@ def test_cli_json():
     ).stdout
     table = json.loads(out)
     assert table["total_params"] == 60_965_224
-    assert [layer["name"] for layer in table["layers"]] == list(model_lib.LAYER_NAMES)
+    assert [layer["name"] for layer in table["layers"]] == list(alexnet.LAYER_NAMES)
     assert {"name", "output_shape", "params", "macs"} <= table["layers"][0].keys()

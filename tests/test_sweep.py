@@ -6,8 +6,7 @@ import os
 import pytest
 from PIL import Image
 
-from alexnet_jax import model as model_lib
-from alexnet_jax import sweep
+from alexnet_jax import networks, sweep
 from configs import ablations, paper
 
 TINY = [
@@ -30,7 +29,7 @@ def test_each_ablation_changes_exactly_one_thing_from_the_paper():
     for name in ablations.ABLATIONS:
         changed = {k for k, v in flatten(ablations.get_config(name).to_dict()).items() if flatten(base)[k] != v}
         assert len(changed) == 1 or changed == {"model.pool_window", "model.pool_stride"}, (name, changed)
-        model_lib.from_config(ablations.get_config(name).model)  # a network the registry builds
+        networks.from_config(ablations.get_config(name).model)  # a network the registry builds
     assert ablations.get_config("baseline").to_dict() == base
     assert ablations.get_config("no_lrn,default").data.source == "digits"
     with pytest.raises(ValueError, match="unknown ablation 'no_relu'"):

@@ -2,8 +2,8 @@
 
 import pytest
 
-from alexnet_jax import model as model_lib
-from alexnet_jax import summary, train, vgg
+from alexnet_jax import networks, summary, train
+from alexnet_jax.networks import vgg
 from configs import smoke, vgg16
 
 # The VGG-16 table of the CS231n notes (cs231n.github.io/convolutional-networks), row by row: output
@@ -35,7 +35,7 @@ CS231N_TABLE = [
 
 def test_parameter_count_and_layer_shapes_match_the_cs231n_table():
     net = vgg.VGG16()
-    assert model_lib.count_params(model_lib.param_shapes(net, 224)) == 138_357_544
+    assert networks.count_params(networks.param_shapes(net, 224)) == 138_357_544
     table = summary.vgg_table(net, 224)
     rows = [(r["name"], tuple(r["output_shape"]), r["weights"]) for r in table["layers"][1:]]
     assert rows == CS231N_TABLE
@@ -49,13 +49,13 @@ def test_parameter_count_and_layer_shapes_match_the_cs231n_table():
 
 def test_input_side_must_divide_by_32():
     with pytest.raises(ValueError, match="divisible by 32"):
-        model_lib.param_shapes(vgg.VGG16(), 100)
+        networks.param_shapes(vgg.VGG16(), 100)
 
 
 def test_vgg_config_is_the_paper_pipeline_with_vgg():
     config = vgg16.get_config()
     assert config.model.name == "vgg16" and config.optim.batch_size == 256
-    assert isinstance(model_lib.from_config(config.model), vgg.VGG16)
+    assert isinstance(networks.from_config(config.model), vgg.VGG16)
 
 
 def test_vgg_trains_with_the_same_pipeline(tmp_path):

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import cli, datasets, visualize
-from alexnet_jax import model as model_lib
+from alexnet_jax import cli, datasets, networks, visualize
 from alexnet_jax import weights as weights_lib
 from configs import smoke
 from tests.helpers import ROOT, run_module
@@ -63,11 +62,11 @@ def test_nearest_neighbours_match_brute_force():
 def weight_files(tmp_path_factory):
     """Two differently initialised networks of the smoke config, as .npz weight files."""
     config = smoke.get_config()
-    net = model_lib.from_config(config.model)
+    net = networks.from_config(config.model)
     paths = []
     for seed in (0, 1):
         path = tmp_path_factory.mktemp("w") / f"w{seed}.npz"
-        params = model_lib.init_params(net, jax.random.key(seed), config.model.image_size)
+        params = networks.init_params(net, jax.random.key(seed), config.model.image_size)
         weights_lib.save(jax.tree.map(np.asarray, params), str(path))
         paths.append(str(path))
     return paths

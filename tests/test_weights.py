@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import cli
-from alexnet_jax import model as model_lib
+from alexnet_jax import cli, networks
 from alexnet_jax import weights as weights_lib
+from alexnet_jax.networks import alexnet
 from tests import numpy_reference
 from tests.helpers import run_module
 
@@ -20,7 +20,7 @@ def torch_weights():
 def test_torch_layout_gives_numpy_reference_logits(torch_weights, image_size, conv1_pad):
     images = np.random.default_rng(1).uniform(-120, 120, (2, image_size, image_size, 3)).astype(np.float32)
     params = weights_lib.from_torch_layout(torch_weights)
-    ours = model_lib.AlexNet().apply({"params": params}, jnp.asarray(images))
+    ours = alexnet.AlexNet().apply({"params": params}, jnp.asarray(images))
     ref = numpy_reference.alexnet_forward(torch_weights, images.transpose(0, 3, 1, 2), conv1_pad)
     assert np.abs(ref).max() > 1.0  # the check means something only if activations survive
     np.testing.assert_allclose(np.asarray(ours), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
@@ -28,8 +28,8 @@ def test_torch_layout_gives_numpy_reference_logits(torch_weights, image_size, co
 
 def test_canonical_shapes_and_round_trip(torch_weights):
     params = weights_lib.from_torch_layout(torch_weights)
-    expected = model_lib.param_shapes(model_lib.AlexNet(), 224)
-    for layer in model_lib.LAYER_NAMES:
+    expected = networks.param_shapes(alexnet.AlexNet(), 224)
+    for layer in alexnet.LAYER_NAMES:
         for leaf in ("kernel", "bias"):
             assert params[layer][leaf].shape == expected[layer][leaf].shape
     back = weights_lib.to_torch_layout(params)
@@ -65,7 +65,7 @@ def test_torchvision_file_imports_exports_bit_for_bit_and_gives_numpy_logits(tmp
     for key in original:
         np.testing.assert_array_equal(again[key], original[key])
     images = np.random.default_rng(3).uniform(-120, 120, (2, 224, 224, 3)).astype(np.float32)
-    ours = model_lib.AlexNet(variant="torchvision").apply({"params": params}, jnp.asarray(images))
+    ours = alexnet.AlexNet(variant="torchvision").apply({"params": params}, jnp.asarray(images))
     layer_named = {
         f"{name}.{leaf}": original[f"{tv}.{leaf}"]
         for name, tv in weights_lib.TORCHVISION_NAMES.items()
@@ -93,7 +93,7 @@ def test_caffe_npy_needs_the_pickle_flag_and_round_trips(tmp_path, torch_weights
         np.testing.assert_array_equal(again[layer][1], bias)
     # Caffe's LRN: k = 1, alpha divided by n = 5.
     images = np.random.default_rng(4).uniform(-120, 120, (1, 227, 227, 3)).astype(np.float32)
-    net = model_lib.AlexNet(lrn_k=1.0, lrn_alpha=2e-5)
+    net = alexnet.AlexNet(lrn_k=1.0, lrn_alpha=2e-5)
     ours = net.apply({"params": params}, jnp.asarray(images))
     ref = numpy_reference.alexnet_forward(torch_weights, images.transpose(0, 3, 1, 2), k=1.0, alpha=2e-5)
     np.testing.assert_allclose(np.asarray(ours), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())

@@ -19,15 +19,14 @@ their input over the model axis. The parameter tree is the same either way: `con
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from alexnet_jax import layers, vgg
+from alexnet_jax.networks import layers
 
 LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 
@@ -104,13 +103,16 @@ class AlexNet(nn.Module):
       dropout_rate: on fc6 and fc7 outputs, training only (section 4.2).
       init_scheme: a key of INIT_SCHEMES.
       dtype: compute dtype (float32 or bfloat16); parameters stay `param_dtype`, logits float32.
-      grouped_conv, pool_gradient, lrn_gradient: implementations with the same numbers (layers.py).
+      grouped_conv, pool_gradient, lrn_gradient: implementations with the same numbers (networks/layers.py).
       model_axis: inside `shard_map`, the mesh axis that splits the towers across devices.
       data_axis: inside `shard_map`, the batch axis: dropout masks follow the global example index.
 
     `train=True` needs a "dropout" RNG. Each layer's activation is sown into "intermediates" as
     `<layer>_out`, and the pooled maps as `pool1`, `pool2`, `pool5`.
     """
+
+    LAYERS: ClassVar[tuple[str, ...]] = LAYER_NAMES
+    HEAD: ClassVar[tuple[str, ...]] = ("fc6", "fc7", "fc8")
 
     num_classes: int = 1000
     variant: str = "paper"
@@ -132,6 +134,11 @@ class AlexNet(nn.Module):
     lrn_gradient: str = "custom"
     model_axis: str | None = None
     data_axis: str | None = None
+
+    @property
+    def towers(self) -> int:
+        """2 for the paper's network, 1 for the single-tower variants."""
+        return ARCHITECTURES[self.variant].towers
 
     def setup(self):
         for field, table in (("variant", ARCHITECTURES), ("init_scheme", INIT_SCHEMES), ("activation", ACTIVATIONS)):
@@ -229,41 +236,21 @@ class AlexNet(nn.Module):
         return self.classifier(self.features(images), train)
 
 
-def init_params(model: nn.Module, rng: jax.Array, image_size: int) -> dict:
-    """The canonical parameter tree, initialised as the model specifies (section 5)."""
-    dummy = jnp.zeros((1, image_size, image_size, 3), model.dtype)
-    return jax.jit(lambda key: model.init({"params": key}, dummy)["params"])(rng)
+# The registry's view of this file (networks/__init__.py): the config fields that only AlexNet reads,
+# with the values each accepts, how a config builds the module, and what a config must satisfy.
+CONFIG_FIELDS = {
+    "model.variant": tuple(ARCHITECTURES),
+    "model.init_scheme": tuple(INIT_SCHEMES),
+    "model.activation": tuple(ACTIVATIONS),
+}
 
 
-def param_shapes(model: nn.Module, image_size: int) -> dict:
-    """`init_params`' tree of `jax.ShapeDtypeStruct`, without allocating anything."""
-    return jax.eval_shape(lambda: init_params(model, jax.random.key(0), image_size))
-
-
-def count_params(tree: Any) -> int:
-    """Number of scalars in a parameter tree (of arrays or shape structs)."""
-    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree))
-
-
-def layer_names(model: nn.Module) -> tuple[str, ...]:
-    """The layers of a network's parameter tree, input to output."""
-    return vgg.LAYER_NAMES if isinstance(model, vgg.VGG16) else LAYER_NAMES
-
-
-def from_config(model_config) -> nn.Module:
-    """The module that a config's `model` section describes (`model.name`: alexnet or vgg16), with
-    each "auto" implementation choice resolved for this backend (`implementation_choices`)."""
-    choices = implementation_choices(model_config)
-    common = dict(
+def build(model_config, implementations: dict[str, str]) -> AlexNet:
+    """The AlexNet that a config's `model` section describes."""
+    return AlexNet(
         num_classes=model_config.num_classes,
         dropout_rate=model_config.dropout_rate,
         dtype=jnp.dtype(model_config.dtype),
-        pool_gradient=choices["pool_gradient"],
-    )
-    if model_config.name == "vgg16":
-        return vgg.VGG16(**common)
-    return AlexNet(
-        **common,
         variant=model_config.variant,
         activation=model_config.activation,
         fc_width=model_config.fc_width,
@@ -275,22 +262,18 @@ def from_config(model_config) -> nn.Module:
         pool_window=model_config.pool_window,
         pool_stride=model_config.pool_stride,
         init_scheme=model_config.init_scheme,
-        grouped_conv=choices["grouped_conv"],
-        lrn_gradient=choices["lrn_gradient"],
+        **implementations,
     )
 
 
-# What "auto" means per backend, as measured (BENCHMARKS.md, "Implementation choices"). On XLA:CPU
-# the hand-written pieces and the split convolutions are 2-7x faster each. On an H200 (bfloat16,
-# batch 512) `feature_group` trained 17 % slower than `split`, and select-and-scatter pooling and
-# autodiff LRN were within 2 % of the hand-written ones: no reason to change.
-AUTO_CHOICES = {
-    "cpu": {"grouped_conv": "split", "pool_gradient": "custom", "lrn_gradient": "custom"},
-    "gpu": {"grouped_conv": "split", "pool_gradient": "custom", "lrn_gradient": "custom"},
-}
-
-
-def implementation_choices(model_config, backend: str | None = None) -> dict[str, str]:
-    """The config's grouped_conv, pool_gradient and lrn_gradient, "auto" replaced for `backend`."""
-    table = AUTO_CHOICES.get(backend or jax.default_backend(), AUTO_CHOICES["gpu"])
-    return {key: table[key] if model_config[key] == "auto" else model_config[key] for key in table}
+def check_config(config) -> None:
+    """Raises ValueError, naming the field, for a config this network cannot run."""
+    model = config.model
+    if model.lrn_n < 1 or model.lrn_n % 2 == 0:
+        raise ValueError(f"model.lrn_n={model.lrn_n} must be odd and positive: the window is centred on a channel")
+    if model.image_size < 64:
+        raise ValueError(f"model.image_size={model.image_size} is below 64, the smallest that reaches pool5")
+    if config.parallel.model == 2 and ARCHITECTURES[model.variant].towers != 2:
+        raise ValueError(f"parallel.model=2 splits the paper's two towers; model.variant={model.variant!r} has one")
+    if config.parallel.model == 2 and model.num_classes % 2:
+        raise ValueError(f"parallel.model=2 splits fc8 in halves: model.num_classes={model.num_classes} must be even")

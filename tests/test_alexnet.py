@@ -7,7 +7,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from alexnet_jax import model as model_lib
+from alexnet_jax import networks
+from alexnet_jax.networks import alexnet
 from configs import paper
 
 PAPER_SHAPES = {
@@ -49,37 +50,37 @@ ONE_TOWER_PARAMS = {
 
 def activations(model, image_size, batch=1):
     images = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
-    params = model_lib.param_shapes(model, image_size)
+    params = networks.param_shapes(model, image_size)
     _, state = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, mutable=["intermediates"]), params, images)
     return {k: v[0].shape[1:] for k, v in state["intermediates"].items()}
 
 
 def counts(model):
-    return {k: model_lib.count_params(v) for k, v in model_lib.param_shapes(model, 224).items()}
+    return {k: networks.count_params(v) for k, v in networks.param_shapes(model, 224).items()}
 
 
 @pytest.mark.parametrize("image_size", [224, 227])
 @pytest.mark.parametrize("options", [{}, {"pool_window": 2, "pool_stride": 2}, {"activation": "tanh"}])
 def test_layer_shapes(image_size, options):
     # Non-overlapping 2 x 2 pooling (section 3.4's comparison) gives the same shapes: 55 -> 27 -> 13 -> 6.
-    assert activations(model_lib.AlexNet(**options), image_size) == PAPER_SHAPES
+    assert activations(alexnet.AlexNet(**options), image_size) == PAPER_SHAPES
 
 
 def test_parameter_counts_per_layer_and_total():
-    assert counts(model_lib.AlexNet()) == PAPER_PARAMS
+    assert counts(alexnet.AlexNet()) == PAPER_PARAMS
     assert sum(PAPER_PARAMS.values()) == 60_965_224
-    shapes = model_lib.param_shapes(model_lib.AlexNet(), 224)
+    shapes = networks.param_shapes(alexnet.AlexNet(), 224)
     # Canonical layout: grouped kernels (kh, kw, in/2, out), dense (in, out).
     assert shapes["conv2"]["kernel"].shape == (5, 5, 48, 256)
     assert shapes["conv4"]["kernel"].shape == (3, 3, 192, 384)
     assert shapes["conv5"]["kernel"].shape == (3, 3, 192, 256)
     assert shapes["fc6"]["kernel"].shape == (9216, 4096)
     # The ablations of sections 3.1 and 3.4 change no parameter.
-    assert counts(model_lib.AlexNet(activation="tanh", pool_window=2, pool_stride=2)) == PAPER_PARAMS
+    assert counts(alexnet.AlexNet(activation="tanh", pool_window=2, pool_stride=2)) == PAPER_PARAMS
 
 
 def test_one_tower_half_width_variant():
-    net = model_lib.AlexNet(variant="one_tower")
+    net = alexnet.AlexNet(variant="one_tower")
     assert counts(net) == ONE_TOWER_PARAMS
     assert sum(ONE_TOWER_PARAMS.values()) == 59_798_312  # 1.9 % fewer than the two towers' 60,965,224
     acts = activations(net, 224)
@@ -87,7 +88,7 @@ def test_one_tower_half_width_variant():
 
 
 def test_torchvision_variant():
-    net = model_lib.AlexNet(variant="torchvision")
+    net = alexnet.AlexNet(variant="torchvision")
     assert sum(counts(net).values()) == 61_100_840
     acts = activations(net, 224)
     assert acts["conv1_out"] == (55, 55, 64) and acts["pool5"] == (6, 6, 256)
@@ -95,11 +96,11 @@ def test_torchvision_variant():
 
 def test_too_small_input_and_unknown_options_are_clear_errors():
     with pytest.raises(ValueError, match="too small"):
-        activations(model_lib.AlexNet(), 40)
+        activations(alexnet.AlexNet(), 40)
     with pytest.raises(ValueError, match="variant must be one of"):
-        model_lib.param_shapes(model_lib.AlexNet(variant="vgg"), 224)
+        networks.param_shapes(alexnet.AlexNet(variant="vgg"), 224)
     with pytest.raises(ValueError, match="activation must be one of"):
-        model_lib.param_shapes(model_lib.AlexNet(activation="sigmoid"), 224)
+        networks.param_shapes(alexnet.AlexNet(activation="sigmoid"), 224)
 
 
 def test_init_statistics(paper_params):
@@ -107,13 +108,13 @@ def test_init_statistics(paper_params):
         std = float(np.std(paper_params[name]["kernel"]))
         assert abs(std - 0.01) < 0.0005, (name, std)
         assert abs(float(np.mean(paper_params[name]["kernel"]))) < 0.001
-    for name in model_lib.LAYER_NAMES:
+    for name in alexnet.LAYER_NAMES:
         expected = 1.0 if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
         np.testing.assert_array_equal(np.asarray(paper_params[name]["bias"]), expected)
 
 
 def test_caffe_init_scheme():
-    params = model_lib.init_params(model_lib.AlexNet(init_scheme="caffe", num_classes=10), jax.random.key(0), 67)
+    params = networks.init_params(alexnet.AlexNet(init_scheme="caffe", num_classes=10), jax.random.key(0), 67)
     assert abs(float(jnp.std(params["fc7"]["kernel"])) - 0.005) < 0.00025
     np.testing.assert_array_equal(np.asarray(params["fc6"]["bias"]), np.float32(0.1))
 
@@ -129,7 +130,7 @@ def outputs(net, params, images, **kwargs):
 
 
 def test_dropout_only_in_training(paper_params, images):
-    net = model_lib.AlexNet()
+    net = alexnet.AlexNet()
     evaluation = outputs(net, paper_params, images)
     np.testing.assert_array_equal(evaluation["fc8_out"], outputs(net, paper_params, images)["fc8_out"])
     train = lambda seed: outputs(net, paper_params, images, train=True, rngs={"dropout": jax.random.key(seed)})  # noqa: E731
@@ -150,7 +151,7 @@ def perturb_second_tower(params, layer, scale=3.0):
 
 
 def test_grouped_layers_only_see_their_own_tower(paper_params, images):
-    net = model_lib.AlexNet()
+    net = alexnet.AlexNet()
     base = outputs(net, paper_params, images)
     # Changing the second tower's conv1 maps changes what conv2's second tower sees only.
     changed = outputs(net, perturb_second_tower(paper_params, "conv1"), images)
@@ -169,8 +170,8 @@ def test_grouped_layers_only_see_their_own_tower(paper_params, images):
 
 
 def test_implementation_choices_give_the_same_logits(paper_params, images):
-    reference = model_lib.AlexNet().apply({"params": paper_params}, images)
-    other = model_lib.AlexNet(grouped_conv="feature_group", pool_gradient="xla", lrn_gradient="autodiff")
+    reference = alexnet.AlexNet().apply({"params": paper_params}, images)
+    other = alexnet.AlexNet(grouped_conv="feature_group", pool_gradient="xla", lrn_gradient="autodiff")
     np.testing.assert_allclose(
         np.asarray(other.apply({"params": paper_params}, images)),
         np.asarray(reference),
@@ -182,13 +183,13 @@ def test_implementation_choices_give_the_same_logits(paper_params, images):
 def test_from_config_resolves_auto_per_backend():
     config = paper.get_config().model
     assert config.grouped_conv == config.pool_gradient == config.lrn_gradient == "auto"
-    for backend, table in model_lib.AUTO_CHOICES.items():
-        assert model_lib.implementation_choices(config, backend) == table
+    for backend, table in networks.AUTO_CHOICES.items():
+        assert networks.implementation_choices(config, backend) == table
     explicit = ml_collections.ConfigDict({**config.to_dict(), "pool_gradient": "xla"})
-    assert model_lib.implementation_choices(explicit, "cpu")["pool_gradient"] == "xla"
-    net = model_lib.from_config(explicit)
+    assert networks.implementation_choices(explicit, "cpu")["pool_gradient"] == "xla"
+    net = networks.from_config(explicit)
     assert (net.pool_gradient, net.grouped_conv) == (
         "xla",
-        model_lib.AUTO_CHOICES[jax.default_backend()]["grouped_conv"],
+        networks.AUTO_CHOICES[jax.default_backend()]["grouped_conv"],
     )
     assert net.variant == "paper" and net.activation == "relu" and (net.pool_window, net.pool_stride) == (3, 2)

@@ -9,14 +9,14 @@ kernels, dense `(in, out)`, HWC flatten before fc6), layer names as in the relea
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from alexnet_jax import layers
+from alexnet_jax.networks import layers
 
 # Configuration D: output channels of each convolution, block by block.
 BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -31,6 +31,10 @@ class VGG16(nn.Module):
     `shard_map` (the model axis must have size 1: VGG has no towers).
     Weights ~ N(0, 0.01^2) and biases 0, the VGG paper's random initialisation.
     """
+
+    LAYERS: ClassVar[tuple[str, ...]] = LAYER_NAMES
+    HEAD: ClassVar[tuple[str, ...]] = ("fc6", "fc7", "fc8")
+    towers: ClassVar[int] = 1
 
     num_classes: int = 1000
     dropout_rate: float = 0.5
@@ -86,3 +90,25 @@ class VGG16(nn.Module):
 
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
         return self.classifier(self.features(images), train)
+
+
+# The registry's view of this file (networks/__init__.py).
+CONFIG_FIELDS: dict[str, tuple] = {}
+
+
+def build(model_config, implementations: dict[str, str]) -> VGG16:
+    """The VGG-16 that a config's `model` section describes (only `pool_gradient` of the implementations applies)."""
+    return VGG16(
+        num_classes=model_config.num_classes,
+        dropout_rate=model_config.dropout_rate,
+        dtype=jnp.dtype(model_config.dtype),
+        pool_gradient=implementations["pool_gradient"],
+    )
+
+
+def check_config(config) -> None:
+    """Raises ValueError, naming the field, for a config VGG-16 cannot run."""
+    if config.model.image_size % 32:
+        raise ValueError(f"model.image_size={config.model.image_size}: VGG-16 needs a multiple of 32")
+    if config.parallel.model != 1:
+        raise ValueError("parallel.model must be 1 for VGG-16, which has no towers")
