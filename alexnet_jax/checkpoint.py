@@ -11,28 +11,50 @@ Two ways a checkpoint can fail to restore, handled differently:
 * it does not fit the config (another network: a leaf's shape or dtype differs, or a leaf is
   missing). Nothing is wrong with the files; `IncompatibleCheckpoint` is raised before any array
   is read or any checkpoint touched, and the caller stops.
-* it is damaged (a file cut short or overwritten). It is moved aside to
-  `<workdir>/damaged/<kind>-<step>` (never deleted) and the one before it is tried, so that no later
-  save collides with it and nothing newer than the restored step is lost. A failure of the machine
-  rather than the files (out of memory, permissions, the network) is raised as it is.
+* it is damaged: its bytes are wrong (a file cut short, overwritten or missing, metadata that does
+  not parse). It is moved aside to `<workdir>/damaged/<kind>-<step>` (never deleted; across file
+  systems if `checkpoints/` is a link) and the one before it is tried, so that no later save
+  collides with it and nothing newer than the restored step is lost.
+
+A failure of the machine or the storage rather than of the bytes (no permission, an I/O error, a
+stale file handle, no space, too many open files, storage unavailable, out of memory) is not damage:
+`CheckpointUnreadable` names the checkpoint and the operating system's error, and nothing is moved.
+Only positive evidence of damage moves a checkpoint; an error of an unknown kind stops the same way.
+With several processes, the verdict is one verdict: each process reports what it saw and all act on
+the worst (a fault stops all of them, damage seen by any moves the checkpoint aside for all).
+A save that fails (no space, an I/O error) raises `CheckpointWriteError`; the checkpoints before it
+are intact.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import os
 import shutil
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+
+from alexnet_jax import files
 
 log = logging.getLogger("alexnet_jax")
 
 
 class IncompatibleCheckpoint(ValueError):
     """A checkpoint holds another network than the config describes (shapes, dtypes or leaves differ)."""
+
+
+class CheckpointUnreadable(OSError):
+    """A checkpoint could not be read for a reason that is not its bytes (permissions, I/O, storage)."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the ones before it are intact."""
 
 
 def _key_name(entry) -> str:
@@ -105,11 +127,21 @@ class Checkpoints:
         if jax.process_count() > 1:
             other.wait_until_finished()
 
+    def _writing(self, what: str, operation) -> None:
+        try:
+            operation()
+        except Exception as error:
+            raise CheckpointWriteError(
+                f"cannot write {what} in {self.workdir}: {files.describe(error)}; the checkpoints before it are "
+                "intact: fix the storage (space, permissions), then rerun the same command to resume"
+            ) from error
+
     def save(self, step: int, state: Any, record: dict) -> None:
         """Saves `state` and `record` as step `step`, asynchronously, unless that step is saved already."""
         if step not in self.latest.all_steps():
             self._one_save_at_a_time(self.best)
-            self.latest.save(step, args=self._args(state, record), force=True)
+            args = self._args(state, record)
+            self._writing(f"checkpoint {step}", lambda: self.latest.save(step, args=args, force=True))
 
     def save_best(self, step: int, state: Any, record: dict) -> None:
         """Makes `state` the best checkpoint.
@@ -128,42 +160,73 @@ class Checkpoints:
             self.best.wait_until_finished()
             self._move_aside(self.best, "best", later, "superseded", replace=True)
         self._one_save_at_a_time(self.latest)
-        self.best.save(step, args=self._args(state, record), force=True)
+        args = self._args(state, record)
+        self._writing(f"best checkpoint {step}", lambda: self.best.save(step, args=args, force=True))
 
     def wait(self) -> None:
         """Blocks until every asynchronous save has reached the disk."""
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+        self._writing("a checkpoint", self.latest.wait_until_finished)
+        self._writing("the best checkpoint", self.best.wait_until_finished)
 
     def saving(self) -> bool:
         """Whether an asynchronous save is still being written."""
         return self.latest.is_saving_in_progress() or self.best.is_saving_in_progress()
 
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict] | None:
-        """The newest readable checkpoint as (state, record), or None when there is none.
+        """The newest readable periodic checkpoint as (state, record), or None when there is none.
 
-        Raises IncompatibleCheckpoint when the newest one holds another network than
-        `abstract_state` (the target shapes, dtypes and shardings); moves a damaged one aside.
+        Raises IncompatibleCheckpoint when it holds another network than `abstract_state` (the target
+        shapes, dtypes and shardings), CheckpointUnreadable on a fault; moves a damaged one aside.
         """
-        return self._restore(self.latest, "checkpoints", abstract_state)
+        found = self._restore_first(self._candidates("checkpoints"), abstract_state)
+        return found and found[:2]
 
     def restore_best(self, abstract_state: Any, fall_back: bool = True) -> tuple[Any, dict] | None:
         """The best checkpoint (lowest validation error), else (`fall_back`) the newest readable one."""
-        best = self._restore(self.best, "best", abstract_state)
+        found = self._restore_first(self._candidates("best"), abstract_state)
+        best = found and found[:2]
         return best if best is not None or not fall_back else self.restore_latest(abstract_state)
+
+    def restore_newest(self, abstract_state: Any) -> tuple[Any, dict, str, int] | None:
+        """The newest readable checkpoint of either kind, as (state, record, kind, step).
+
+        A run killed after an improving evaluation and before its next periodic checkpoint (the
+        usual case with the paper's cadence) resumes from its best checkpoint, which holds the whole
+        state of that step.
+        """
+        return self._restore_first(self._candidates("checkpoints", "best"), abstract_state)
+
+    def newest_record(self, *kinds: str) -> tuple[dict, str, int] | None:
+        """The record (plateau state, config, data identity) of the newest readable checkpoint of
+        `kinds` (default: either kind), as (record, kind, step), reading no array; damaged ones are
+        moved aside."""
+        for kind, step in self._candidates(*(kinds or ("checkpoints", "best"))):
+            record = self._attempt(kind, step, self._read_record)
+            if record is not _DAMAGED:
+                return record, kind, step
+        return None
 
     def steps(self) -> dict[str, list[int]]:
         """The saved steps, newest last: `{"checkpoints": [...], "best": [...]}`."""
         return {"checkpoints": sorted(self.latest.all_steps()), "best": sorted(self.best.all_steps())}
 
-    def _restore(self, manager: ocp.CheckpointManager, kind: str, abstract_state: Any) -> tuple[Any, dict] | None:
-        for step in sorted(manager.all_steps(), reverse=True):
-            try:
-                stored = manager.item_metadata(step)["state"]
-                stored = getattr(stored, "tree", stored)
-            except Exception as error:  # unreadable metadata: the checkpoint is damaged
-                _raise_unless_damage(error)
-                self._damaged(manager, kind, step, error)
+    def _manager(self, kind: str) -> ocp.CheckpointManager:
+        return self.latest if kind == "checkpoints" else self.best
+
+    def _candidates(self, *kinds: str) -> list[tuple[str, int]]:
+        """(kind, step) of every saved checkpoint of `kinds`, newest first (at one step, `kinds` order)."""
+        found = [(kind, step) for kind in kinds for step in self._manager(kind).all_steps()]
+        return sorted(found, key=lambda item: (-item[1], kinds.index(item[0])))
+
+    def _read_record(self, kind: str, step: int) -> dict:
+        return self._manager(kind).restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
+
+    def _restore_first(self, candidates, abstract_state: Any) -> tuple[Any, dict, str, int] | None:
+        for kind, step in candidates:
+            if step not in self._manager(kind).all_steps():  # moved aside while an earlier one was tried
+                continue
+            stored = self._attempt(kind, step, self._stored_tree)
+            if stored is _DAMAGED:
                 continue
             mismatch = differences(stored, abstract_state)
             if mismatch:
@@ -171,28 +234,47 @@ class Checkpoints:
                     f"{os.path.join(self.workdir, kind, str(step))} holds another network than this config describes: "
                     + "; ".join(mismatch)
                 )
-            try:
-                restored = manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()
-                    ),
-                )
-            except Exception as error:  # the tree fits but its data cannot be read: damaged
-                _raise_unless_damage(error)
-                self._damaged(manager, kind, step, error)
-                continue
-            return restored["state"], restored["record"]
+            restored = self._attempt(kind, step, self._read_all, abstract_state)
+            if restored is not _DAMAGED:
+                return restored["state"], restored["record"], kind, step
         return None
 
-    def _damaged(self, manager: ocp.CheckpointManager, kind: str, step: int, error: Exception) -> None:
-        summary = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    def _read_all(self, kind: str, step: int, abstract_state: Any) -> dict:
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore())
+        return self._manager(kind).restore(step, args=args)
+
+    def _stored_tree(self, kind: str, step: int) -> Any:
+        stored = self._manager(kind).item_metadata(step)["state"]
+        return getattr(stored, "tree", stored)
+
+    def _attempt(self, kind: str, step: int, read, *args):
+        """`read(kind, step, *args)`; `_DAMAGED` when the checkpoint proved damaged (it is then moved
+        aside); CheckpointUnreadable on a fault. Every process reaches the same verdict."""
+        try:
+            result, error = read(kind, step, *args), None
+        except Exception as caught:  # classified below: damage, or a fault of the machine
+            result, error = None, caught
+        verdict = _agree(_OK if error is None else _DAMAGE if _is_damage(error) else _FAULT)
+        if verdict == _OK:
+            return result
+        path = os.path.join(self.workdir, kind, str(step))
+        if verdict == _FAULT:
+            cause = files.describe(error) if error is not None else "another process could not read it"
+            raise CheckpointUnreadable(
+                f"cannot read checkpoint {path}: {cause}; it is not damaged and nothing was moved or changed: fix "
+                "the storage or the permissions, then rerun the same command to resume"
+            ) from error
+        self._damaged(self._manager(kind), kind, step, error)
+        return _DAMAGED
+
+    def _damaged(self, manager: ocp.CheckpointManager, kind: str, step: int, error: Exception | None) -> None:
+        summary = files.describe(error) if error is not None else "another process found it damaged"
         if self.read_only:
-            log.warning("%s checkpoint at step %d is unreadable (%s); trying an earlier one", kind, step, summary)
+            log.warning("%s checkpoint at step %d is damaged (%s); trying an earlier one", kind, step, summary)
             return
         where = self._move_aside(manager, kind, step, "damaged")
         log.warning(
-            "%s checkpoint at step %d is unreadable (%s); moved it to %s and trying an earlier one",
+            "%s checkpoint at step %d is damaged (%s); moved it to %s and trying an earlier one",
             kind,
             step,
             summary,
@@ -213,7 +295,7 @@ class Checkpoints:
             suffix, candidate = 1, target
             while os.path.exists(candidate):
                 suffix, candidate = suffix + 1, f"{target}-{suffix}"
-            os.rename(source, candidate)
+            _move(source, candidate)
             target = candidate
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"moved {kind} {step} aside")
@@ -226,15 +308,48 @@ class Checkpoints:
         self.best.close()
 
 
-# Failures that say nothing about the checkpoint's bytes: the machine, the permissions or the
-# network. Moving the checkpoint aside for one of these would restart a healthy run from scratch.
-_NOT_DAMAGE = (MemoryError, PermissionError, TimeoutError, ConnectionError)
-_NOT_DAMAGE_MESSAGES = ("RESOURCE_EXHAUSTED", "out of memory", "Out of memory")
+def _move(source: str, target: str) -> None:
+    """Renames a directory, copying it when the target is on another file system (`checkpoints/` may
+    be a link to one): the source is removed only once the copy is whole."""
+    try:
+        os.rename(source, target)
+        return
+    except OSError as error:
+        if error.errno != errno.EXDEV:
+            raise
+    try:
+        shutil.copytree(source, target, symlinks=True)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    shutil.rmtree(source)
 
 
-def _raise_unless_damage(error: Exception) -> None:
-    if isinstance(error, _NOT_DAMAGE) or any(text in str(error) for text in _NOT_DAMAGE_MESSAGES):
-        raise error
+_OK, _DAMAGE, _FAULT = 0, 1, 2
+_DAMAGED = object()  # what `_attempt` returns for a checkpoint it moved aside
+# What tensorstore and Orbax say when a checkpoint's bytes are wrong: a file cut short (OUT_OF_RANGE),
+# overwritten (DATA_LOSS, FAILED_PRECONDITION: a compressed stream that does not decode), missing
+# (NOT_FOUND, or Orbax's own "does not exist"), or metadata that does not parse.
+_DAMAGE_STATUSES = ("DATA_LOSS", "OUT_OF_RANGE", "FAILED_PRECONDITION", "INVALID_ARGUMENT", "NOT_FOUND")
+
+
+def _is_damage(error: Exception) -> bool:
+    """Whether `error` proves the checkpoint's bytes wrong; a fault of the machine never does."""
+    if files.is_os_fault(error):
+        return False
+    if isinstance(error, (json.JSONDecodeError, UnicodeDecodeError, FileNotFoundError, KeyError)):
+        return True
+    if files.os_errno(error) in (errno.ENOENT, errno.ENOTDIR):
+        return True
+    message = str(error)
+    return any(status in message for status in _DAMAGE_STATUSES) or "does not exist" in message
+
+
+def _agree(verdict: int) -> int:
+    """The worst verdict of every process (one process: its own)."""
+    if jax.process_count() == 1:
+        return verdict
+    return int(np.max(multihost_utils.process_allgather(np.int32(verdict))))
 
 
 def abstract_like(state: Any) -> Any:

@@ -20,6 +20,8 @@ from collections.abc import Callable
 import ml_collections
 from absl import app, flags, logging
 
+from alexnet_jax import files, stopping
+
 
 def _verbose(argv: list[str]) -> bool:
     for i, arg in enumerate(argv):
@@ -151,14 +153,41 @@ def define_network_flags() -> None:
     flags.DEFINE_bool("allow_pickle", False, "Allow pickle-based weight files (.npy, .pth): only ones you trust.")
 
 
+def os_error_message(error: OSError) -> str:
+    """One line for an operating-system error: the file, the system's words, and what to do."""
+    if type(error).__module__.startswith("alexnet_jax"):  # ours: the message says it all
+        return str(error)
+    where = f"{error.filename}: " if error.filename else ""
+    return (
+        f"{where}{files.describe(error)}; fix the storage (space, permissions, mounts) and rerun the same "
+        "command: a training run resumes from its last checkpoint"
+    )
+
+
 def execute(main: Callable[[list[str]], None], argv: list[str], user_errors: tuple = ()) -> None:
     """Runs `main(argv)` (flags already parsed) with our logging; `user_errors` (and UserError,
-    ValueError, FileNotFoundError) end in one line and exit code 2."""
+    ValueError, FileNotFoundError, and every other operating-system error) end in one line and exit
+    code 2. SIGTERM and SIGINT end it with one line and exit code 0, the work kept (stopping.py)."""
     setup_logging()
     try:
-        main(argv)
+        with stopping.signals_interrupt():
+            main(argv)
+    except stopping.Interrupted as signal_name:
+        print(
+            f"stopped by {signal_name}; nothing was lost: rerun the same command to resume", file=sys.stderr, flush=True
+        )
+        sys.exit(0)
     except (UserError, ValueError, FileNotFoundError, *user_errors) as error:
         fail(str(error))
+    except OSError as error:
+        fail(os_error_message(error))
+    except Exception as error:
+        # TensorFlow reports a failed read or write in the input pipeline or `prepare` as its own errors
+        # (PermissionDeniedError, ResourceExhaustedError...); cli does not import TensorFlow to name them.
+        if not type(error).__module__.startswith("tensorflow") or not hasattr(error, "error_code"):
+            raise
+        message = str(getattr(error, "message", error)).strip().splitlines()[0]
+        fail(f"{message}; fix the storage (space, permissions, mounts) and rerun the same command")
 
 
 def run(main: Callable[[list[str]], None], user_errors: tuple = ()) -> None:

@@ -14,11 +14,14 @@ Sources (config `data.source`):
   tfds    `data.name` as built by tensorflow-datasets in `data.data_dir`, in the array_record
           format (random access; `tfds build NAME --file_format=array_record`).
 
-Image files are decoded by TensorFlow inside the tf.data graph, in parallel on every core; the bytes
-it cannot decode go to PIL, and a file neither can read is left out and counted (`UnreadableFiles`),
-never raised. Grayscale, CMYK, palette and alpha images become RGB, transparent pixels over white.
-A folder written by `python -m alexnet_jax.prepare --copy_to` (marked by `prepared.json`) holds
-valid 256 x 256 RGB JPEGs only, and training decodes just each crop's window of them.
+Image files are read and decoded as image_files.py says: by TensorFlow inside the tf.data graph,
+in parallel on every core, with Python and PIL for what TensorFlow rejects; a file that cannot be
+read or decoded in any way (vanished, a dangling link, no permission, an I/O error, empty, bad bytes)
+is flagged and counted (`UnreadableFiles`), never raised, and keeps its place: an epoch's length and
+every other example's position do not depend on it. Grayscale, CMYK, palette and alpha images become
+RGB, transparent pixels over white. Hidden files and folders are not data. A folder written by
+`python -m alexnet_jax.prepare --copy_to` (marked by `prepared.json`) holds 256 x 256 RGB JPEGs,
+and training decodes just each crop's window of them.
 
 Statistics (the mean image, the principal axes of the RGB pixel covariance) are the dataset's own
 (`stats.npz`, written by `prepare`; statistics.py) or, until it is prepared, ImageNet's published
@@ -28,20 +31,25 @@ figures.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
-import threading
 from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 
-from alexnet_jax import preprocess
+from alexnet_jax import files, preprocess
+from alexnet_jax.image_files import (  # noqa: F401 (decode_rgb, IMAGE_EXTENSIONS: the tools read files too)
+    IMAGE_EXTENSIONS,
+    UnreadableFiles,
+    decode_rgb,
+    is_hidden,
+    list_images,
+    robust_decode,
+    robust_prepared,
+)
 from alexnet_jax.statistics import read_statistics, rgb_statistics
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 PREPARED_FILE = "prepared.json"
 # ILSVRC-2012's classes in label order with their WordNet lemmas (the list that tensorflow-datasets
 # ships for ImageNet models, Apache 2.0), so that predictions read "tabby, tabby cat", not "n02123045".
@@ -53,27 +61,6 @@ IMAGENET_HELP = (
     "`tfds build imagenet2012 --data_dir={data_dir} --manual_dir={manual_dir} --file_format=array_record` "
     "(README, 'ImageNet')."
 )
-
-
-class UnreadableFiles:
-    """The distinct files that failed to decode, thread-safe (tf.data decodes from many threads)."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._paths: dict[str, None] = {}  # insertion-ordered set
-
-    def add(self, path: str) -> None:
-        with self._lock:
-            self._paths[path] = None
-
-    @property
-    def count(self) -> int:
-        with self._lock:
-            return len(self._paths)
-
-    def latest(self) -> str | None:
-        with self._lock:
-            return next(reversed(self._paths), None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,76 +114,12 @@ def statistics_dir(data_config) -> str:
     return str(tfds.builder(data_config.name, data_dir=data_config.data_dir or None).data_dir)
 
 
-# ------------------------------------------------------------------------------------- decoding
-
-
-def decode_rgb(encoded: bytes) -> np.ndarray:
-    """Any image file PIL reads -> (H, W, 3) uint8 RGB. Raises on a corrupt or non-image file."""
-    with Image.open(io.BytesIO(encoded)) as image:
-        image.load()
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-            # Transparent pixels over white, not over whatever colour their RGB happens to hold.
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
-        return np.asarray(image.convert("RGB"))
-
-
-def _tf_rgb(encoded: tf.Tensor) -> tf.Tensor:
-    """TensorFlow's decoders (JPEG, PNG, GIF's first frame, BMP), any channel count -> (H, W, 3)
-    uint8, transparency over white as `decode_rgb` does. Raises (inside tf.data) on bytes it
-    cannot decode."""
-    image = tf.io.decode_image(encoded, channels=0, expand_animations=False, dtype=tf.uint8)
-    channels = tf.shape(image)[-1]
-    colour = tf.cond(channels < 3, lambda: tf.tile(image[..., :1], [1, 1, 3]), lambda: image[..., :3])
-
-    def over_white():  # gray + alpha (2 channels) or RGBA (4)
-        alpha = tf.cast(image[..., -1:], tf.float32) / 255.0
-        return tf.cast(tf.round(tf.cast(colour, tf.float32) * alpha + 255.0 * (1.0 - alpha)), tf.uint8)
-
-    return tf.ensure_shape(tf.cond(tf.equal(channels % 2, 0), over_white, lambda: colour), [None, None, 3])
-
-
-def _robust_decode(ds: tf.data.Dataset, resize: int, unreadable: UnreadableFiles) -> tf.data.Dataset:
-    """Dicts with the file's `encoded` bytes and `name` -> `image` (uint8 (resize, resize, 3)) and `ok`.
-
-    Each file is decoded by TensorFlow in parallel threads; where it fails, PIL gets the bytes (in
-    one `numpy_function`, which holds the GIL, so only the rare file TF rejects takes that path),
-    and a file that PIL cannot read either is counted in `unreadable` and flagged, never raised.
-    """
-
-    def by_pil(element):
-        def decode(encoded, name):
-            try:
-                return decode_rgb(encoded), True
-            except Exception:  # PIL raises many types for bad files; any of them means "skip it"
-                unreadable.add(name.decode())
-                return np.zeros((1, 1, 3), np.uint8), False
-
-        image, ok = tf.numpy_function(decode, [element["encoded"], element["name"]], (tf.uint8, tf.bool))
-        return {**element, "image": tf.ensure_shape(image, [None, None, 3]), "ok": tf.reshape(ok, [])}
-
-    def one(element):
-        # The first of: TF's decoding (dropped if it raises), else PIL's.
-        by_tf = tf.data.Dataset.from_tensors(element).map(lambda e: {**e, "image": _tf_rgb(e["encoded"]), "ok": True})
-        return by_tf.ignore_errors().concatenate(tf.data.Dataset.from_tensors(element).map(by_pil)).take(1)
-
-    def resized(element):
-        element = {k: v for k, v in element.items() if k not in ("encoded", "name")}
-        image = preprocess.resize_shorter_and_center_crop(element["image"], resize)
-        return {**element, "image": tf.where(element["ok"], image, tf.zeros_like(image))}
-
-    decoded = ds.interleave(
-        one, cycle_length=16, block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-    )
-    return decoded.map(resized, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-
 def _encoded_source(size: int, read: Callable, resize: int, unreadable: UnreadableFiles) -> Source:
-    """A source of image files: `read(element) -> element` with `encoded`, `name`, `label` added."""
+    """A source of image files: `read(element) -> element` with `name`, `label` and, where the bytes
+    are read already (records), `encoded` added."""
 
     def attach(ds):
-        return _robust_decode(ds.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True), resize, unreadable)
+        return robust_decode(ds.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True), resize, unreadable)
 
     return Source(size=size, attach=attach, may_fail=True)
 
@@ -228,7 +151,30 @@ def _resize_all(images: np.ndarray, size: int) -> np.ndarray:
     return preprocess.resize_shorter_and_center_crop(tf.constant(images), size).numpy()
 
 
-def _from_arrays(images: np.ndarray, labels: np.ndarray, held_out: np.ndarray, class_names, size: int) -> Data:
+def selected_classes(names: list[str], spec: str) -> list[str]:
+    """The class names that config `data.classes` keeps ("" keeps all): comma-separated names, in its order."""
+    if not spec:
+        return list(names)
+    wanted = [name.strip() for name in str(spec).split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in names]
+    if unknown or len(set(wanted)) != len(wanted):
+        problem = f"unknown: {', '.join(unknown)}" if unknown else "a class is named twice"
+        raise ValueError(
+            f"data.classes={spec!r} must name distinct classes of the data source; {problem} "
+            f"(it has {', '.join(names[:12])})"
+        )
+    return wanted
+
+
+def _from_arrays(
+    images: np.ndarray, labels: np.ndarray, held_out: np.ndarray, class_names, size: int, classes: str = ""
+) -> Data:
+    kept_names = selected_classes(list(class_names), classes)
+    if kept_names != list(class_names):  # data.classes: those classes only, relabelled in its order
+        new_label = {class_names.index(name): i for i, name in enumerate(kept_names)}
+        keep = np.isin(labels, list(new_label))
+        images, held_out = images[keep], held_out[keep]
+        labels, class_names = np.array([new_label[int(label)] for label in labels[keep]]), kept_names
     images = _resize_all(images, size)
     mean, pca_scale, pca_axes = rgb_statistics(images[~held_out])
     return Data(
@@ -242,15 +188,16 @@ def _from_arrays(images: np.ndarray, labels: np.ndarray, held_out: np.ndarray, c
     )
 
 
-def load_digits(size: int) -> Data:
-    """scikit-learn's handwritten digits as 3-channel images in [0, 255], every 5th held out."""
+def load_digits(size: int, classes: str = "") -> Data:
+    """scikit-learn's handwritten digits as 3-channel images in [0, 255], every 5th held out (of
+    `classes` only, when given: see `selected_classes`)."""
     from sklearn.datasets import load_digits as sklearn_digits  # only this source needs scikit-learn
 
     digits = sklearn_digits()
     gray = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
     images = np.repeat(gray[..., None], 3, axis=-1)
     held_out = np.arange(len(images)) % 5 == 0
-    return _from_arrays(images, digits.target, held_out, [str(d) for d in range(10)], size)
+    return _from_arrays(images, digits.target, held_out, [str(d) for d in range(10)], size, classes)
 
 
 def load_fake(config, size: int) -> Data:
@@ -265,41 +212,28 @@ def load_fake(config, size: int) -> Data:
     return _from_arrays(images, labels, held_out, [f"class_{i}" for i in range(classes)], size)
 
 
-def _prepared_source(paths: list[str], labels: list[int], resize: int) -> Source:
-    """A folder written by `prepare`: valid resize x resize RGB JPEGs, decoded by TF alone."""
+def _prepared_source(paths: list[str], labels: list[int], resize: int, unreadable: UnreadableFiles) -> Source:
+    """A folder written by `prepare`: resize x resize RGB JPEGs, read and decoded by TensorFlow (only a
+    file that fails goes to Python, and is counted if it fails there too)."""
     path_table, label_table = tf.constant(paths), tf.constant(np.asarray(labels, np.int32))
 
     def read(e):
-        return {
-            **e,
-            "encoded": tf.io.read_file(tf.gather(path_table, e["index"])),
-            "label": tf.gather(label_table, e["index"]),
-        }
+        return {**e, "name": tf.gather(path_table, e["index"]), "label": tf.gather(label_table, e["index"])}
 
     def attach(ds):
-        def decode(e):
-            image = tf.ensure_shape(tf.io.decode_jpeg(e.pop("encoded"), channels=3), [resize, resize, 3])
-            return {**e, "image": image, "ok": tf.constant(True)}
-
-        return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+        return robust_prepared(ds.map(read, num_parallel_calls=tf.data.AUTOTUNE), resize, None, unreadable)
 
     def attach_window(ds, side):
-        def decode(e):
-            window = tf.stack([e["top"], e["left"], side, side])
-            image = tf.io.decode_and_crop_jpeg(e.pop("encoded"), window, channels=3)
-            return {**e, "image": tf.ensure_shape(image, [side, side, 3]), "ok": tf.constant(True)}
+        return robust_prepared(ds.map(read, num_parallel_calls=tf.data.AUTOTUNE), resize, side, unreadable)
 
-        return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-
-    return Source(size=len(paths), attach=attach, attach_window=attach_window)
+    return Source(size=len(paths), attach=attach, attach_window=attach_window, may_fail=True)
 
 
 def _files_source(paths: list[str], labels: list[int], resize: int, unreadable: UnreadableFiles) -> Source:
     path_table, label_table = tf.constant(paths), tf.constant(np.asarray(labels, np.int32))
 
     def read(e):
-        path = tf.gather(path_table, e["index"])
-        return {**e, "encoded": tf.io.read_file(path), "name": path, "label": tf.gather(label_table, e["index"])}
+        return {**e, "name": tf.gather(path_table, e["index"]), "label": tf.gather(label_table, e["index"])}
 
     return _encoded_source(len(paths), read, resize, unreadable)
 
@@ -310,10 +244,9 @@ def _list_split(root: str, split: str, classes: list[str]) -> tuple[list[str], l
         directory = os.path.join(root, split, name)
         if not os.path.isdir(directory):
             continue
-        for file in sorted(os.listdir(directory)):
-            if file.lower().endswith(IMAGE_EXTENSIONS):
-                paths.append(os.path.join(directory, file))
-                labels.append(label)
+        found = list_images(directory)
+        paths += found
+        labels += [label] * len(found)
     if not paths:
         raise FileNotFoundError(
             f"no images in {os.path.join(root, split)}/<class>/ (extensions {', '.join(IMAGE_EXTENSIONS)})"
@@ -342,7 +275,8 @@ def load_folder(data_config) -> Data:
             f"{root or 'DIR'}/{data_config.train_split}/<class>/*.jpg and {root or 'DIR'}/{eval_split}/<class>/*.jpg; "
             "set --config.data.data_dir=DIR"
         )
-    classes = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
+    classes = sorted(d for d in os.listdir(train_dir) if not is_hidden(d) and os.path.isdir(os.path.join(train_dir, d)))
+    classes = selected_classes(classes, data_config.get("classes", ""))
     resize = data_config.resize_size
     prepared = _prepared_size(root)
     if prepared is not None and prepared != resize:
@@ -350,7 +284,7 @@ def load_folder(data_config) -> Data:
     unreadable = UnreadableFiles()
     splits = [_list_split(root, split, classes) for split in (data_config.train_split, eval_split)]
     if prepared is not None:
-        train, evaluation = (_prepared_source(*split, resize) for split in splits)
+        train, evaluation = (_prepared_source(*split, resize, unreadable) for split in splits)
     else:
         train, evaluation = (_files_source(*split, resize, unreadable) for split in splits)
     mean, scale, axes = read_statistics(root, resize)
@@ -365,9 +299,14 @@ def _tfds_source(name, split, data_dir, resize, unreadable) -> Source:
     )
 
     def record(index):
-        # Reading a record's bytes is the one step done in Python; decoding happens in the graph.
-        example = records[int(index)]
-        return np.asarray(example["image"], object).item(), np.int32(example["label"])
+        # Reading a record's bytes is the one step done in Python; decoding happens in the graph. A
+        # record that cannot be read gives no bytes (decoding then fails, and counts it) and its label.
+        try:
+            example = records[int(index)]
+            return np.asarray(example["image"], object).item(), np.int32(example["label"])
+        except Exception as error:  # an I/O error of the record file, a damaged record
+            unreadable.add(f"{name}/{split}[{int(index)}]", files.describe(error))
+            return b"", np.int32(0)
 
     def read(e):
         encoded, label = tf.numpy_function(record, [e["index"]], (tf.string, tf.int32), stateful=False)
@@ -417,8 +356,12 @@ def load_tfds(data_config) -> Data:
 def create_data(data_config, num_classes: int) -> Data:
     """The dataset that `data_config` names, with a clear error for what is missing or wrong."""
     size = data_config.resize_size
+    if data_config.get("classes", "") and data_config.source not in ("digits", "folder"):
+        raise ValueError(
+            f"data.classes selects classes of the digits and folder sources, not of {data_config.source!r}"
+        )
     if data_config.source == "digits":
-        data = load_digits(size)
+        data = load_digits(size, data_config.get("classes", ""))
     elif data_config.source == "fake":
         data = load_fake(data_config, size)
     elif data_config.source == "folder":
@@ -433,6 +376,47 @@ def create_data(data_config, num_classes: int) -> Data:
             f"set --config.model.num_classes={data.num_classes}"
         )
     return data
+
+
+def labelled_split(data_config, class_names: list[str]) -> tuple[Source, UnreadableFiles]:
+    """The `data.eval_split` of a folder or tfds dataset, labelled as `class_names` (a network's) number them.
+
+    Each class of the data is found among `class_names` by name (a folder's directory names, tfds's
+    label names), so that a folder of some ImageNet classes (`val/n01440764/...`), or tfds's
+    imagenet2012, gets the labels of a network's 1,000 classes; a class the network lacks is an error.
+    """
+    resize, unreadable, split = data_config.resize_size, UnreadableFiles(), data_config.eval_split
+    if data_config.source == "folder":
+        root = data_config.data_dir
+        if split == "validation" and not os.path.isdir(os.path.join(root, split)):
+            split = "val"  # the tfds name is the config default; folders usually say val
+        directory = os.path.join(root, split)
+        if not root or not os.path.isdir(directory):
+            raise FileNotFoundError(f"no {directory}/<class>/ folders: set --config.data.data_dir and data.eval_split")
+        found = sorted(
+            d for d in os.listdir(directory) if not is_hidden(d) and os.path.isdir(os.path.join(directory, d))
+        )
+        unknown = [name for name in found if name not in class_names]
+        if unknown:
+            raise ValueError(f"{directory} has classes the network does not know: {', '.join(unknown[:5])}")
+        paths, labels = _list_split(root, split, list(class_names))
+        prepared = _prepared_size(root)
+        make = _prepared_source if prepared == resize else _files_source
+        return make(paths, labels, resize, unreadable), unreadable
+    if data_config.source == "tfds":
+        import tensorflow_datasets as tfds  # only tfds sources need it (a heavy import)
+
+        names = list(tfds.builder(data_config.name, data_dir=data_config.data_dir or None).info.features["label"].names)
+        unknown = [name for name in names if name not in class_names]
+        if unknown:
+            raise ValueError(f"{data_config.name} has classes the network does not know: {', '.join(unknown[:5])}")
+        table = tf.constant([list(class_names).index(name) for name in names], tf.int32)
+        source = _tfds_source(data_config.name, split, data_config.data_dir or None, resize, unreadable)
+        relabelled = dataclasses.replace(
+            source, attach=lambda ds: source.attach(ds).map(lambda e: {**e, "label": tf.gather(table, e["label"])})
+        )
+        return relabelled, unreadable
+    raise ValueError(f"data.source={data_config.source!r}: only folder and tfds splits are labelled by class name")
 
 
 def imagenet_classes() -> list[tuple[str, str]]:

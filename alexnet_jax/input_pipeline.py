@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from alexnet_jax import datasets, preprocess
+from alexnet_jax import datasets, preprocess, statistics
 
 
 def _host_positions(count: int, global_batch: int) -> tuple[np.ndarray, int]:
@@ -39,9 +39,10 @@ def train_batches(
     is dropped, as each epoch is a fresh permutation. Each image's patch, reflection and colour
     shift are drawn with keys from (seed, epoch * N + position), so the batch at a given step is
     the same however the run got there. Without `random_crop` the patch is the centre one; the
-    reflection still follows `random_flip`. Unreadable files are left out (the source counts them);
-    an epoch with some then ends a few batches early, and batches after such a file can differ
-    between a resumed and an uninterrupted run.
+    reflection still follows `random_flip`. A file that cannot be read keeps its place with `weight`
+    0 (the loss leaves it out; the source counts it), so an epoch's length and every other example's
+    position do not depend on which files failed. A batch of which this host could read nothing is
+    noted in `data.unreadable.lost_batch` (the loop stops on it before anything is saved).
     """
     n = data.train.size
     steps_per_epoch = n // global_batch
@@ -72,9 +73,11 @@ def train_batches(
             "labels": e["label"],
             "window": window,
             "lighting": e["lighting"],
+            "weight": tf.cast(e["ok"], tf.float32),
         }
 
     epoch, first = divmod(start_step, steps_per_epoch)
+    step = start_step
     while True:
         order = np.random.default_rng([seed, epoch]).permutation(n)
         positions, local = _host_positions(steps_per_epoch * global_batch, global_batch)
@@ -82,15 +85,23 @@ def train_batches(
         ds = tf.data.Dataset.from_tensor_slices({"index": order[positions], "position": epoch * n + positions})
         ds = ds.map(augmentation, num_parallel_calls=tf.data.AUTOTUNE)
         ds = source.attach(ds) if source.attach_window is None else source.attach_window(ds, crop)
-        if source.may_fail:
-            ds = ds.filter(lambda e: e["ok"])
         ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
-        yield from ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+        for batch in ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+            step += 1
+            if not batch["weight"].any():
+                data.unreadable.lose_batch(step)
+            yield batch
         epoch, first = epoch + 1, 0
 
 
-def normalise(batch: dict, mean: np.ndarray | None) -> np.ndarray:
-    """NumPy twin of `steps.normalise_images`: the float images a training batch stands for."""
+def normalise(batch: dict, normalisation) -> np.ndarray:
+    """NumPy twin of `steps.normalise_images`: the float images a training batch stands for.
+
+    `normalisation`: a `statistics.Normalisation`, or a mean image or pixel (subtracted), or None."""
+    if isinstance(normalisation, statistics.Normalisation):
+        mean, scale = normalisation.offset, normalisation.scale
+    else:
+        mean, scale = normalisation, None
     images = batch["images"].astype(np.float32)
     if mean is not None and mean.ndim == 3:
         side = images.shape[1]
@@ -99,7 +110,8 @@ def normalise(batch: dict, mean: np.ndarray | None) -> np.ndarray:
             images[i] -= patch[:, ::-1] if mirrored else patch
     elif mean is not None:
         images -= mean
-    return images + batch["lighting"][:, None, None, :]
+    images = images + batch["lighting"][:, None, None, :]
+    return images if scale is None else images * scale
 
 
 def eval_batches(data: datasets.Data, *, global_batch: int) -> Iterator[dict]:

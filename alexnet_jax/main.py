@@ -73,7 +73,7 @@ def main(argv: list[str], holders: dict) -> None:
         print(json.dumps(result, indent=1))
 
 
-USER_ERRORS = (workdir.WorkdirInUse,)
+USER_ERRORS = (workdir.WorkdirInUse, workdir.LockUnsupported)
 
 
 def run_command_line(argv: list[str]) -> int:

@@ -67,6 +67,30 @@ def paper_sgd(
     return optax.GradientTransformationExtraArgs(init, update)
 
 
+def frozen(optimizer: optax.GradientTransformationExtraArgs, layers) -> optax.GradientTransformationExtraArgs:
+    """`optimizer` with the parameters of `layers` (top-level names of the tree) never changed.
+
+    Their updates are zero and so is their part of the optimiser's state (for paper_sgd the velocity:
+    no momentum, and the weight decay that lives inside it never acts), while the state keeps the
+    tree's whole structure, so a checkpoint of a run with frozen layers restores like any other.
+    """
+    layers = frozenset(layers)
+    if not layers:
+        return optimizer
+
+    def is_frozen(path) -> bool:
+        return any(getattr(entry, "key", None) in layers for entry in path)
+
+    def zero_frozen(tree):
+        return jax.tree_util.tree_map_with_path(lambda path, x: jnp.zeros_like(x) if is_frozen(path) else x, tree)
+
+    def update(grads, state, params=None, **extra):
+        updates, state = optimizer.update(grads, state, params, **extra)
+        return zero_frozen(updates), zero_frozen(state)
+
+    return optax.GradientTransformationExtraArgs(optimizer.init, update)
+
+
 @flax.struct.dataclass
 class PlateauState:
     """Learning-rate state of the plateau schedule, saved in checkpoints."""

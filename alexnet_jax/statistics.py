@@ -7,6 +7,7 @@ by `prepare` (and with every training run) as `stats.npz`; NumPy only.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -24,6 +25,45 @@ IMAGENET_PCA_AXES = np.array(
 )
 # ILSVRC-2012's per-channel training mean on 0-255.
 IMAGENET_MEAN_RGB = np.array([123.68, 116.78, 103.94], np.float32)
+# torchvision's ImageNet normalisation of 0-1 pixels (the `Normalize` of its evaluation transforms).
+TORCHVISION_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+TORCHVISION_STD = np.array([0.229, 0.224, 0.225], np.float32)
+# Caffe's ILSVRC-2012 mean pixel in its B, G, R order on 0-255: the spatial mean of the
+# ilsvrc_2012_mean.npy that Caffe's classification example subtracts.
+CAFFE_MEAN_BGR = np.array([104.00698793, 116.66876762, 122.67891434], np.float32)
+
+NORMALISATIONS = ("mean_image", "none", "torchvision", "caffe")
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalisation:
+    """What the network is fed for 0-255 RGB pixels x: `(x - offset) * scale`.
+
+    `offset` is a mean image (S, S, 3), a mean pixel (3,) or None; `scale` a per-channel factor (3,) or
+    None. A mean image's window follows each training crop (steps.normalise_images).
+    """
+
+    offset: np.ndarray | None = None
+    scale: np.ndarray | None = None
+
+
+def normalisation(kind: str, dataset_mean: np.ndarray | None) -> Normalisation:
+    """The input normalisation `kind` (config `data.normalisation`, NORMALISATIONS) with the data's mean.
+
+    "mean_image": minus `dataset_mean`, the training set's mean image or pixel (section 2); "none":
+    0-255 as it is; "torchvision": `(x / 255 - mean) / std`, torchvision's; "caffe": minus Caffe's
+    mean pixel. Caffe's networks read BGR; the weights converter reverses conv1's input channels
+    instead, so every network here reads RGB and the mean pixel is given in RGB order.
+    """
+    if kind == "mean_image":
+        return Normalisation(offset=np.asarray(dataset_mean, np.float32))
+    if kind == "none":
+        return Normalisation()
+    if kind == "torchvision":
+        return Normalisation(offset=255.0 * TORCHVISION_MEAN, scale=1.0 / (255.0 * TORCHVISION_STD))
+    if kind == "caffe":
+        return Normalisation(offset=CAFFE_MEAN_BGR[::-1].copy())
+    raise ValueError(f"data.normalisation={kind!r} is not one of {', '.join(map(repr, NORMALISATIONS))}")
 
 
 def principal_axes(covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax import parallel
+from alexnet_jax import parallel, statistics
 from alexnet_jax.parallel import DATA, MODEL
 
 
@@ -91,41 +91,54 @@ def create_train_state(model, optimizer, mesh: Mesh, rng: jax.Array, image_size:
     return jax.jit(create, out_shardings=shardings)(rng, rate)
 
 
-def normalise_images(batch: dict, mean: np.ndarray | None) -> jax.Array:
-    """Training images as the network takes them: float, mean-subtracted, colour-shifted.
+def as_normalisation(normalisation) -> statistics.Normalisation:
+    """A `statistics.Normalisation` as it is; a mean image or pixel (an array) as the offset alone; None as nothing."""
+    if isinstance(normalisation, statistics.Normalisation):
+        return normalisation
+    return statistics.Normalisation(offset=None if normalisation is None else np.asarray(normalisation, np.float32))
+
+
+def normalise_images(batch: dict, normalisation) -> jax.Array:
+    """Training images as the network takes them: float, normalised, colour-shifted.
 
     The input pipeline sends uint8 crops (already mirrored) with each one's `window` (top, left,
-    mirrored) in the resized image and its PCA `lighting` offset; the matching window of the mean
-    image (mirrored likewise) is subtracted and the offset added here. The mean image's window
-    follows the crop: cuda-convnet2 subtracted the mean's centre window from every crop instead.
-    A batch of float `images` alone (no `window`) is taken as already normalised.
+    mirrored) in the resized image and its PCA `lighting` offset (0-255 scale). With `normalisation`
+    (a `statistics.Normalisation`, or a mean image or pixel as `as_normalisation` reads it), the
+    network gets `(x + lighting - offset) * scale`. A mean image's window follows the
+    crop (mirrored likewise): cuda-convnet2 subtracted the mean's centre window from every crop
+    instead. A batch of float `images` alone (no `window`) is taken as already normalised.
     """
     images = batch["images"].astype(jnp.float32)
     if "window" not in batch:
         return images
-    if mean is not None and mean.ndim == 3:
+    norm = as_normalisation(normalisation)
+    if norm.offset is not None and norm.offset.ndim == 3:
         side = images.shape[1]
 
         def mean_window(window):
-            patch = lax.dynamic_slice(jnp.asarray(mean), (window[0], window[1], 0), (side, side, 3))
+            patch = lax.dynamic_slice(jnp.asarray(norm.offset), (window[0], window[1], 0), (side, side, 3))
             return jnp.where(window[2] > 0, patch[:, ::-1], patch)
 
         images = images - jax.vmap(mean_window)(batch["window"])
-    elif mean is not None:
-        images = images - jnp.asarray(mean)
-    return images + batch["lighting"][:, None, None, :]
+    elif norm.offset is not None:
+        images = images - jnp.asarray(norm.offset)
+    images = images + batch["lighting"][:, None, None, :]  # (x + shift - offset): the shift is in pixel units
+    return images if norm.scale is None else images * jnp.asarray(norm.scale)
 
 
-def test_crops(images: jax.Array, mean: np.ndarray | None, crop: int, ten_crop: bool) -> jax.Array:
-    """Section 4.1's test-time patches of uint8 resized images (N, S, S, 3) minus `mean`.
+def test_crops(images: jax.Array, normalisation, crop: int, ten_crop: bool) -> jax.Array:
+    """Section 4.1's test-time patches of uint8 resized images (N, S, S, 3), normalised.
 
     The centre patch, or the 4 corners and the centre and their reflections: (N, 1 or 10, crop,
-    crop, 3) float32. The mean image (or pixel) is subtracted from the whole image first, as the
-    evaluation has always done, so the numbers do not depend on where the crops are cut.
+    crop, 3) float32. `normalisation` (see `normalise_images`) applies to the whole image first, as
+    the evaluation has always done, so the numbers do not depend on where the crops are cut.
     """
+    norm = as_normalisation(normalisation)
     images = images.astype(jnp.float32)
-    if mean is not None:
-        images = images - jnp.asarray(mean, jnp.float32)
+    if norm.offset is not None:
+        images = images - jnp.asarray(norm.offset, jnp.float32)
+    if norm.scale is not None:
+        images = images * jnp.asarray(norm.scale, jnp.float32)
     far = images.shape[1] - crop
     mid = far // 2
     corners = [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)] if ten_crop else [(mid, mid)]
@@ -167,7 +180,12 @@ def _split(params: dict, names) -> dict:
     return {name: params[name] for name in names}
 
 
-def _local_gradients(tower_model, params, images, labels, rng, micro_batch=0):
+def _example_weights(batch: dict) -> jax.Array:
+    """1 for each example the loss counts, 0 for one whose file could not be read (input_pipeline)."""
+    return batch["weight"] if "weight" in batch else jnp.ones(batch["labels"].shape, jnp.float32)
+
+
+def _local_gradients(tower_model, params, images, labels, weights, rng, micro_batch=0):
     """Loss, logits and gradients of one device's shard, gradients already summed over `data`.
 
     With `micro_batch`, the convolutional layers run forward and backward in chunks of that many
@@ -175,13 +193,14 @@ def _local_gradients(tower_model, params, images, labels, rng, micro_batch=0):
     float rounding), dropout included, with a chunk's activations far smaller than the batch's
     (faster on CPUs), and fc6's 151 MB weight gradient formed once rather than once per chunk.
     """
-    global_batch = labels.shape[0] * lax.axis_size(DATA)
+    # The mean over the examples that could be read (all of them, but for a file that failed).
+    counted = jnp.maximum(lax.psum(jnp.sum(weights), DATA), 1.0)
     head_names = [name for name in params if name in tower_model.HEAD]
     trunk_names = [name for name in params if name not in head_names]
 
     def head_loss(head, maps):
         logits = tower_model.apply({"params": head}, maps, train=True, rngs={"dropout": rng}, method="classifier")
-        return _cross_entropy(logits, labels).sum() / global_batch, logits
+        return jnp.sum(_cross_entropy(logits, labels) * weights) / counted, logits
 
     def trunk(weights, x):
         return tower_model.apply({"params": weights}, x, method="features")
@@ -211,7 +230,7 @@ def _on_mesh(model) -> Any:
     return model.clone(model_axis=MODEL, data_axis=DATA)
 
 
-def make_grad_fn(model, mesh: Mesh, mean: np.ndarray | None = None, micro_batch: int = 0) -> Callable:
+def make_grad_fn(model, mesh: Mesh, mean=None, micro_batch: int = 0) -> Callable:
     """`grad_fn(params, batch, rng) -> (loss, logits, grads)` on `mesh`, training mode.
 
     The same computation as inside `train_step`, exposed to compare layouts with one another.
@@ -220,7 +239,7 @@ def make_grad_fn(model, mesh: Mesh, mean: np.ndarray | None = None, micro_batch:
 
     def local(params, batch, rng):
         images = normalise_images(batch, mean)
-        return _local_gradients(tower_model, params, images, batch["labels"], rng, micro_batch)
+        return _local_gradients(tower_model, params, images, batch["labels"], _example_weights(batch), rng, micro_batch)
 
     def grad_fn(params, batch, rng):
         specs = parallel.param_specs(params)
@@ -235,11 +254,12 @@ def make_grad_fn(model, mesh: Mesh, mean: np.ndarray | None = None, micro_batch:
     return jax.jit(grad_fn)
 
 
-def make_train_step(model, optimizer, mesh: Mesh, mean: np.ndarray | None = None, micro_batch: int = 0) -> Callable:
+def make_train_step(model, optimizer, mesh: Mesh, mean=None, micro_batch: int = 0) -> Callable:
     """`train_step(state, batch, rng) -> (state, metrics)`, jitted, state donated.
 
     `batch` holds global arrays split on `data`: `images` (N, H, W, 3) and `labels` (N,), and, from
-    the input pipeline, `window` and `lighting` (see `normalise_images`, which subtracts `mean`);
+    the input pipeline, `window` and `lighting` (see `normalise_images`, which applies `mean`, a
+    `statistics.Normalisation` or a mean image or pixel);
     `rng` is the run's root key: the step's dropout key is `fold_in(rng, state.step)`, so a resumed
     run draws the same masks as an uninterrupted one. `micro_batch` (see `resolve_micro_batch`)
     splits each device's batch into chunks for the convolutional layers. An update whose loss or
@@ -251,14 +271,16 @@ def make_train_step(model, optimizer, mesh: Mesh, mean: np.ndarray | None = None
     def local_step(params, opt_state, learning_rate, batch, rng):
         labels = batch["labels"]
         images = normalise_images(batch, mean)
-        loss, logits, grads = _local_gradients(tower_model, params, images, labels, rng, micro_batch)
+        weights = _example_weights(batch)
+        loss, logits, grads = _local_gradients(tower_model, params, images, labels, weights, rng, micro_batch)
         updates, new_opt_state = optimizer.update(grads, opt_state, params, learning_rate=learning_rate)
-        correct = lax.psum(jnp.sum(jnp.argmax(logits, -1) == labels), DATA)
+        correct = lax.psum(jnp.sum((jnp.argmax(logits, -1) == labels) * weights), DATA)
+        counted = jnp.maximum(lax.psum(jnp.sum(weights), DATA), 1.0)
         # Each device holds one tower's share of the gradient; the towers' squares add up.
         squares = sum(jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(grads))
         metrics = {
             "loss": loss,
-            "accuracy": correct / (labels.shape[0] * lax.axis_size(DATA)),
+            "accuracy": correct / counted,
             "grad_norm": jnp.sqrt(lax.psum(squares, MODEL)),
         }
         return optax.apply_updates(params, updates), new_opt_state, metrics
@@ -292,9 +314,14 @@ def make_train_step(model, optimizer, mesh: Mesh, mean: np.ndarray | None = None
     return jax.jit(train_step, donate_argnums=(0,))
 
 
-def make_eval_step(
-    model, mesh: Mesh, mean: np.ndarray | None, crop: int, ten_crop: bool
-) -> Callable[[Any, dict], dict]:
+@jax.jit
+def all_finite(tree) -> jax.Array:
+    """Whether every value of a tree of arrays is finite (one pass; the loop calls it before a save:
+    a finite loss and gradient times an absurd rate can still overflow the parameters)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]))
+
+
+def make_eval_step(model, mesh: Mesh, mean, crop: int, ten_crop: bool) -> Callable[[Any, dict], dict]:
     """`eval_step(params, batch) -> sums` of top-1/top-5 correct, loss and counted examples.
 
     `batch["images"]` holds the uint8 resized images (N, S, S, 3); `test_crops` cuts the centre

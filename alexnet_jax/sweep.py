@@ -6,6 +6,7 @@
     python launch/sweep.py ablations --root=runs/ablations [--seeds=3] [--base=paper] [--only=no_lrn,tanh]
         [--dry_run] [-- --config.x=y]
     python launch/sweep.py report --root=runs/ablations
+    python launch/sweep.py figure1 --root=runs/figure1 [--seeds=3] [--rates=0.001,0.01] [--max_epochs=20] [--epochs=20]
 
 Every run gets its own workdir (`root/<overrides>` for a grid, `root/<ablation>/seed=<s>` for the
 study) and runs one after another; a finished run is skipped and an interrupted one resumes, so the
@@ -13,7 +14,9 @@ same command continues where it stopped. `--dry_run` prints the commands instead
 `ablations` runs the baseline and every preset of configs/ablations.py for each seed, then writes
 `root/ablations.md` (each run's errors; each ablation's difference from the baseline of the same
 seed, mean and standard deviation, beside the paper's claim) and `root/ablations.png`; `report`
-writes them again from what the runs left.
+writes them again from what the runs left. `figure1` is section 3.1's Figure 1, ReLU against tanh
+in a four-layer net, each at the rate of a sweep that reached 25 % training error fastest
+(alexnet_jax/figure1.py; `root/figure1.md` and `root/figure1.png`).
 """
 
 from __future__ import annotations
@@ -23,16 +26,20 @@ import itertools
 import json
 import math
 import os
+import runpy
 import subprocess
 import sys
+import types
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from alexnet_jax import config_files, figure1
 from alexnet_jax import main as main_lib
-from configs import ablations as ablations_config
 
-ABLATIONS_CONFIG = os.path.join(os.path.dirname(os.path.abspath(ablations_config.__file__)), "ablations.py")
+# configs/ablations.py, loaded by path (config_files.py): no `configs` package is installed.
+ABLATIONS_CONFIG = os.path.join(config_files.configs_dir(), "ablations.py")
+ablations_config = types.SimpleNamespace(**runpy.run_path(ABLATIONS_CONFIG))
 ERRORS = ("top1_error", "top5_error", "ten_crop_top1_error", "ten_crop_top5_error")
 
 
@@ -89,12 +96,15 @@ def summarise(workdir: str) -> dict | None:
     evals = [r for r in run["records"] if r["kind"] == "eval"]
     best = min(evals, key=lambda r: r["top1_error"]) if evals else None
     final = run["final"]
+    training = training_error_by_epoch(run["records"])
     return {
         "run": os.path.basename(workdir),
         "best_top1_error": best["top1_error"] if best else None,
         "best_step": best["step"] if best else None,
         "final_top1_error": final["top1_error"] if final else None,
         "final_top5_error": final["top5_error"] if final else None,
+        "epochs_to_25": first_epoch_at_most(training, 0.25),
+        "train_error": training[max(training)] if training else None,
         "status": "done" if final else "unfinished",
     }
 
@@ -105,15 +115,22 @@ def table(root: str) -> int:
     if not rows:
         raise SystemExit(f"error: no runs with metrics under {root}")
     width = max(len(r["run"]) for r in rows)
-    print(f"{'run':<{width}}  best top-1  at step  final top-1  final top-5  status")
+    # The last two: section 3.1's measure (the first epoch whose logged batches' mean training error was
+    # at most 25 %) and that mean over the last epoch logged.
+    print(f"{'run':<{width}}  best top-1  at step  final top-1  final top-5  epochs to 25 %  last train error  status")
     for r in rows:
         cells = [
             _number(r["best_top1_error"]),
             _number(r["best_step"]),
             _number(r["final_top1_error"]),
             _number(r["final_top5_error"]),
+            "never" if r["epochs_to_25"] is None and r["train_error"] is not None else _number(r["epochs_to_25"]),
+            _number(r["train_error"]),
         ]
-        print(f"{r['run']:<{width}}  {cells[0]:>10}  {cells[1]:>7}  {cells[2]:>11}  {cells[3]:>11}  {r['status']}")
+        print(
+            f"{r['run']:<{width}}  {cells[0]:>10}  {cells[1]:>7}  {cells[2]:>11}  {cells[3]:>11}  "
+            f"{cells[4]:>14}  {cells[5]:>16}  {r['status']}"
+        )
     return 0
 
 
@@ -140,16 +157,26 @@ def run_summary(workdir: str) -> dict | None:
     run = read_run(workdir)
     if run is None or run["final"] is None:
         return None
-    by_epoch: dict[int, list[float]] = {}
-    for record in run["records"]:
-        if record["kind"] == "train":
-            by_epoch.setdefault(math.ceil(record["epoch"]), []).append(1.0 - record["accuracy"])
-    means = {epoch: float(np.mean(errors)) for epoch, errors in sorted(by_epoch.items())}
-    reached = [epoch for epoch, error in means.items() if error <= 0.25]
+    means = training_error_by_epoch(run["records"])
     summary = {key: run["final"][key] for key in ERRORS if key in run["final"]}
     summary["train_error"] = means[max(means)] if means else None
-    summary["epochs_to_25"] = reached[0] if reached else None
+    summary["epochs_to_25"] = first_epoch_at_most(means, 0.25)
     return summary
+
+
+def training_error_by_epoch(records: list[dict]) -> dict[int, float]:
+    """{epoch (1-based): mean training error of the batches logged in it} (augmented batches, dropout
+    on; every `train.log_every_steps`-th batch)."""
+    by_epoch: dict[int, list[float]] = {}
+    for record in records:
+        if record["kind"] == "train":
+            by_epoch.setdefault(math.ceil(record["epoch"]), []).append(1.0 - record["accuracy"])
+    return {epoch: float(np.mean(errors)) for epoch, errors in sorted(by_epoch.items())}
+
+
+def first_epoch_at_most(means: dict[int, float], level: float) -> int | None:
+    """The first epoch whose mean training error was at most `level`; None if none was."""
+    return next((epoch for epoch, error in means.items() if error <= level), None)
 
 
 def collect(root: str) -> dict[str, dict[int, dict]]:
@@ -363,7 +390,10 @@ def main(argv: list[str]) -> int:
     study.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
     study.add_argument("--inline", action="store_true", help="run in this process (small runs: no start-up each)")
     commands.add_parser("report", help="rewrite the study's table and plot").add_argument("--root", required=True)
+    _figure1_arguments(commands)
     args = parser.parse_args(argv)
+    if args.command == "figure1":
+        return run_figure1(parser, args, extra)
     if args.command == "run":
         runs = [
             (
@@ -388,3 +418,62 @@ def main(argv: list[str]) -> int:
     if not args.dry_run:
         report(args.root)
     return failed
+
+
+# ------------------------------------------------------------------------------------------ Figure 1
+
+
+def _figure1_arguments(commands) -> None:
+    defaults = figure1.Settings()
+    command = commands.add_parser(
+        "figure1", help="section 3.1's Figure 1: ReLU against tanh, each at its fastest rate (alexnet_jax/figure1.py)"
+    )
+    command.add_argument("--root", required=True, help="directory for the runs, figure1.md and figure1.png")
+    command.add_argument("--seeds", type=int, default=defaults.seeds, help="seeds 0 .. N-1 of every rate")
+    command.add_argument(
+        "--rates",
+        default=",".join(f"{rate:g}" for rate in defaults.rates),
+        help="the learning rates the sweep tries, for each activation (comma-separated)",
+    )
+    command.add_argument(
+        "--max_epochs", type=float, default=defaults.max_epochs, help="the sweep's budget per run, in epochs"
+    )
+    command.add_argument("--epochs", type=float, default=defaults.epochs, help="the figure's length, in epochs")
+    command.add_argument("--target", type=float, default=defaults.target, help="the training error to reach")
+    command.add_argument("--batch_size", type=int, default=defaults.batch_size)
+    command.add_argument(
+        "--evals_per_epoch",
+        type=int,
+        default=defaults.evals_per_epoch,
+        help="measurements of the whole training set's error per epoch",
+    )
+
+
+def run_figure1(parser: argparse.ArgumentParser, args, extra: list[str]) -> int:
+    """`figure1`: the settings from the flags, checked, then the experiment; 2 when no rate of the grid
+    got every seed to 25 % (the runs are kept: a wider grid reuses them)."""
+    if extra:
+        parser.error(f"figure1 takes no -- arguments, got {' '.join(extra)}")
+    try:
+        rates = tuple(float(rate) for rate in args.rates.split(",") if rate.strip())
+    except ValueError:
+        parser.error(f"--rates={args.rates!r} is not a comma-separated list of numbers")
+    settings = figure1.Settings(
+        rates=rates,
+        seeds=args.seeds,
+        max_epochs=args.max_epochs,
+        epochs=args.epochs,
+        target=args.target,
+        batch_size=args.batch_size,
+        evals_per_epoch=args.evals_per_epoch,
+    )
+    try:
+        settings.check()
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        figure1.run_experiment(settings, args.root)
+    except figure1.NoRateReached as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import os
-import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -26,7 +25,21 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from alexnet_jax import checkpoint as checkpoint_lib
-from alexnet_jax import datasets, evaluate, input_pipeline, networks, optim, parallel, progress, steps
+from alexnet_jax import (
+    datasets,
+    evaluate,
+    files,
+    finetune,
+    input_pipeline,
+    networks,
+    optim,
+    parallel,
+    progress,
+    resume,
+    statistics,
+    steps,
+    stopping,
+)
 from alexnet_jax import workdir as workdir_lib
 
 log = logging.getLogger("alexnet_jax")
@@ -34,6 +47,10 @@ log = logging.getLogger("alexnet_jax")
 
 class NonFiniteError(RuntimeError):
     """Loss or gradients became NaN or infinite."""
+
+
+class DataUnreadable(OSError):
+    """Every image of a training batch failed to read: the data is gone, not a file."""
 
 
 class IncompatibleWorkdir(ValueError):
@@ -87,32 +104,6 @@ class MetricWriter:
             self._tensorboard.close()
 
 
-class _StopRequest:
-    """Turns SIGTERM (a scheduler's preemption notice) into a flag the loop checks every step."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        log.warning("SIGTERM: saving a checkpoint and stopping after this step")
-        self.requested = True
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
-
-    def agreed(self, at_log_step: bool) -> bool:
-        """Whether to save and stop after this step. With several processes, all must stop at the
-        same step (the save is collective), and each may see the signal at another step: they agree
-        at log steps, stopping when any of them was signalled."""
-        if jax.process_count() == 1:
-            return self.requested
-        if not at_log_step:
-            return False
-        return bool(np.any(multihost_utils.process_allgather(np.int32(self.requested))))
-
-
 @dataclasses.dataclass
 class Setup:
     """What a config builds before training or evaluating: the mesh, data, network and steps."""
@@ -144,7 +135,9 @@ class Setup:
         return steps.abstract_train_state(self.model, self.optimizer, self.mesh, self.config.model.image_size)
 
     def fresh_state(self) -> steps.TrainState:
-        return steps.create_train_state(
+        """The state a run starts from: the config's initialisation, with `train.init_from`'s layers
+        loaded when it names a source (finetune.py). A resumed run restores its checkpoint instead."""
+        state = steps.create_train_state(
             self.model,
             self.optimizer,
             self.mesh,
@@ -152,6 +145,7 @@ class Setup:
             self.config.model.image_size,
             self.config.optim.learning_rate,
         )
+        return finetune.start_from(self, state) if self.config.train.get("init_from") else state
 
 
 def build(config, model=None) -> Setup:
@@ -173,10 +167,11 @@ def build(config, model=None) -> Setup:
         bias_lr_multiplier=config.optim.bias_lr_multiplier,
         bias_weight_decay=config.optim.bias_weight_decay,
     )
+    optimizer = optim.frozen(optimizer, finetune.layer_names(config.train.get("freeze", ""), model, "train.freeze"))
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
     per_device_batch = config.optim.batch_size // mesh.shape[parallel.DATA]
     micro_batch = steps.resolve_micro_batch(config.parallel.micro_batch, per_device_batch, config.model.image_size)
-    mean = data.mean if config.data.subtract_mean else None
+    mean = statistics.normalisation(config.data.normalisation, data.mean)  # steps take it as the input's
     crops = {"centre": False, "ten_crop": True} if config.eval.ten_crop else {"centre": False}
     return Setup(
         config=config,
@@ -221,7 +216,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
     abstract = setup.abstract_state()
     checkpoints = checkpoint_lib.Checkpoints(workdir, read_only=True)
     try:
-        final = checkpoints.restore_latest(abstract)
+        final = checkpoints.restore_newest(abstract)
         best = checkpoints.restore_best(abstract, fall_back=False)
     except checkpoint_lib.IncompatibleCheckpoint as error:
         raise IncompatibleWorkdir(f"{error}; evaluate it with the config it was trained with") from None
@@ -229,8 +224,13 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
         checkpoints.close()
     if final is None:
         raise FileNotFoundError(f"no checkpoint in {workdir}; train first: --mode=train --workdir={workdir}")
+    best = best or final[:2]
+    # Evaluated under this config: it must describe the same network, input and data as the checkpoint's
+    # (the evaluation's own fields, such as eval.ten_crop, may differ).
+    _decide(setup, final[1], os.path.join(workdir, final[2], str(final[3])), workdir, doing="evaluate")
+    _decide(setup, best[1], os.path.join(workdir, "best", str(int(best[0].step))), workdir, doing="evaluate")
     result = {}
-    for name, restored in (("final_checkpoint", final), ("best_checkpoint", best or final)):
+    for name, restored in (("final_checkpoint", final), ("best_checkpoint", best)):
         state = restored[0]
         result[name] = {"step": int(state.step), **_evaluate_all(setup, state.params)}
     log.info(
@@ -246,7 +246,7 @@ def _take_lock(workdir: str) -> workdir_lib.Lock | None:
     if jax.process_index() == 0:
         try:
             lock = workdir_lib.Lock(workdir).acquire()
-        except workdir_lib.WorkdirInUse as held:
+        except (workdir_lib.WorkdirInUse, workdir_lib.LockUnsupported) as held:
             error = str(held)
     if jax.process_count() > 1 and multihost_utils.broadcast_one_to_all(np.int32(bool(error))) and not error:
         error = f"{workdir} is in use by another training run (process 0 could not lock it)"
@@ -255,13 +255,31 @@ def _take_lock(workdir: str) -> workdir_lib.Lock | None:
     return lock
 
 
-def _check_finite(state: steps.TrainState, workdir: str) -> None:
+def _check_finite(state: steps.TrainState, workdir: str, saving: bool = False) -> None:
+    """Stops when the step refused a non-finite update (steps.TrainState.nonfinite), and, before a
+    save, when any parameter is not finite: no checkpoint ever holds one."""
     step, loss, grad_norm = (float(v) for v in np.asarray(jax.device_get(state.nonfinite)))
+    what = f"loss {loss}, gradient norm {grad_norm}"
+    if step == 0 and saving and not bool(steps.all_finite(state.params)):
+        step, what = int(state.step), "finite loss and gradients, but an update that overflowed the parameters"
     if step > 0:
         raise NonFiniteError(
-            f"step {int(step)}: loss {loss}, gradient norm {grad_norm}; stopping. No update from that step on was "
-            f"applied, and the last good checkpoint in {workdir}/checkpoints is intact; lower "
-            "optim.learning_rate or check the data, then rerun to resume from it."
+            f"step {int(step)}: {what}; stopping. No update from that step on was applied, and the last good "
+            f"checkpoint in {workdir}/checkpoints is intact; lower optim.learning_rate or check the data, then rerun "
+            "to resume from it (the new rate applies from that step on)."
+        )
+
+
+def _check_data(data: datasets.Data, workdir: str) -> None:
+    """Stops, before anything is saved, when a whole batch could not be read on some process: the
+    data is gone (an unmounted disk, a moved folder), not a file."""
+    lost = data.unreadable.lost_batch or 0
+    if jax.process_count() > 1:
+        lost = int(np.max(multihost_utils.process_allgather(np.int32(lost))))
+    if lost:
+        raise DataUnreadable(
+            f"not one image of the batch of step {lost} could be read (latest: {data.unreadable.latest()}); is the "
+            f"data still there? Nothing after the last checkpoint in {workdir} was saved: fix it and rerun to resume"
         )
 
 
@@ -272,53 +290,138 @@ def train_and_evaluate(config, workdir: str, *, model=None, batches: Iterator[di
     `config.eval.ten_crop`. `model` and `batches` (host batches, as `input_pipeline.train_batches`
     yields them) replace the config's network and input pipeline, to time the loop on its own.
     """
-    lock = _take_lock(workdir)
-    try:
-        return _train(build(config, model), workdir, batches)
-    finally:
-        if lock is not None:
-            lock.release()
+    with stopping.StopRequest() as stop:
+        lock = _take_lock(workdir) if config.train.get("lock_workdir", True) else None
+        try:
+            return _train(build(config, model), workdir, batches, stop)
+        finally:
+            if lock is not None:
+                lock.release()
 
 
-def _resume(setup: Setup, checkpoints: checkpoint_lib.Checkpoints, workdir: str):
-    """(state, record) of the newest checkpoint, or a fresh state; stops on another network's."""
+@dataclasses.dataclass
+class _Start:
+    """Where a run (re)starts: the state, the host-side schedule, and what the rerun changed."""
+
+    state: steps.TrainState
+    plateau: optim.PlateauState
+    rate_scale: float  # the step, cosine and constant schedules' rates are multiplied by it
+    lowest_error: float
+    decision: resume.Decision  # the config changes that take effect from this step on
+
+
+def _reference_record(checkpoints: checkpoint_lib.Checkpoints, workdir: str) -> tuple[dict, str] | None:
+    """The record of the newest checkpoint (or, with none left, of the newest superseded best),
+    and where it is: what this rerun is compared with."""
+    found = checkpoints.newest_record()
+    if found is not None:
+        record, kind, step = found
+        return record, os.path.join(workdir, kind, str(step))
+    return workdir_lib.newest_superseded_record(workdir)
+
+
+def _decide(setup: Setup, record: dict, where: str, workdir: str, doing: str = "resume") -> resume.Decision:
+    """The rules of every changed field (resume.py) against the checkpoint's config and data;
+    stops with one line, changing nothing, when the rerun would be another run."""
+    old_config = record.get("config") or workdir_lib.saved_config(workdir)  # older checkpoints hold none
+    if old_config is None:
+        return resume.Decision([], [])
+    decision = resume.decide(
+        old_config, setup.config, record.get("data"), resume.data_identity(setup.data), evaluating=doing != "resume"
+    )
+    if decision.refused:
+        raise resume.ResumeRefused(
+            f"{workdir} holds a run this config would change ({where}): {'; '.join(decision.refused)}. Nothing in "
+            f"{workdir} was changed: {doing} it with the run's own config (in {workdir}/{workdir_lib.CONFIG_FILE})"
+            + (", or train this config with a new --workdir" if doing == "resume" else "")
+        )
+    return decision
+
+
+def _resume(setup: Setup, checkpoints: checkpoint_lib.Checkpoints, workdir: str) -> _Start:
+    """The newest checkpoint's state (periodic or best), checked against this config, with the rerun's
+    accepted changes applied; or a fresh state. Nothing is written before every check has passed."""
+    config = setup.config
+    reference = _reference_record(checkpoints, workdir)
+    decision = _decide(setup, *reference, workdir) if reference else resume.Decision([], [])
     try:
-        restored = checkpoints.restore_latest(setup.abstract_state())
+        restored = checkpoints.restore_newest(setup.abstract_state())
     except checkpoint_lib.IncompatibleCheckpoint as error:
-        saved = workdir_lib.saved_config(workdir)
-        changes = workdir_lib.config_changes(saved, workdir_lib.resolved(setup.config)) if saved else []
-        changed = f" Config changes since it was trained: {'; '.join(changes[:5])}." if changes else ""
         raise IncompatibleWorkdir(
-            f"{error}.{changed} Nothing in {workdir} was changed: train this config with a new --workdir, or resume "
+            f"{error}. Nothing in {workdir} was changed: train this config with a new --workdir, or resume "
             f"with the config this run was trained with (its values are in {workdir}/{workdir_lib.CONFIG_FILE})"
         ) from None
     if restored is None:
-        return setup.fresh_state(), {}
-    state, record = restored
-    log.info("resumed from step %d (%s)", int(state.step), workdir)
-    return state, record
+        plateau = optim.PlateauState(learning_rate=config.optim.learning_rate)
+        return _Start(setup.fresh_state(), plateau, 1.0, plateau.best_error, resume.Decision([], []))
+    state, record, kind, step = restored
+    if reference is None or os.path.join(workdir, kind, str(step)) != reference[1]:
+        decision = _decide(setup, record, os.path.join(workdir, kind, str(step)), workdir)
+    plateau = optim.PlateauState(**record.get("plateau", {"learning_rate": config.optim.learning_rate}))
+    rate_scale = float(record.get("rate_scale", 1.0))
+    if decision.learning_rate_changed:
+        # The new rate is the rate from this step on, whatever the schedule (section 5: the rate was
+        # lowered by hand); the plateau rule counts its patience afresh from it.
+        plateau = plateau.replace(learning_rate=float(config.optim.learning_rate), evals_without_improvement=0)
+        shape = optim.scheduled_learning_rate(config.schedule, 1.0, _epoch(setup, step + 1), config.train.num_epochs)
+        rate_scale = 1.0 / shape if shape else 1.0
+    log.info("resumed from step %d (%s)", int(state.step), os.path.join(workdir, kind, str(step)))
+    if decision.take_effect:
+        log.warning(
+            "resuming at step %d with changes that take effect from this step on: %s",
+            int(state.step),
+            "; ".join(map(str, decision.take_effect)),
+        )
+    lowest_error = record.get("lowest_error", plateau.best_error)
+    return _Start(state, plateau, rate_scale, lowest_error, decision)
 
 
-def _train(setup: Setup, workdir: str, batches: Iterator[dict] | None) -> dict:
+def _epoch(setup: Setup, step: int) -> float:
+    """The epoch (fractional) that 1-based `step` trains in."""
+    return (step - 1) / setup.steps_per_epoch
+
+
+def _finished(setup: Setup, start: _Start, workdir: str) -> dict | None:
+    """The final evaluation of a run that has reached its last step already, or None when it has to
+    train or evaluate. A finished run rerun with changes that would have no effect stops."""
+    if int(start.state.step) < setup.total_steps:
+        return None
+    if start.decision.effective:
+        raise resume.ResumeRefused(
+            f"{workdir} finished at step {int(start.state.step)}; these changes would have no effect on it: "
+            f"{'; '.join(map(str, start.decision.effective))}. Raise train.num_epochs to train further, evaluate "
+            "it with --mode=eval, or train this config with a new --workdir"
+        )
+    path = os.path.join(workdir, workdir_lib.FINAL_FILE)
+    if not os.path.exists(path):
+        return None  # stopped before its final evaluation: it runs now
+    try:
+        final = files.read_json(path)
+    except files.CorruptFile as error:
+        log.warning("%s; evaluating the final checkpoint again to rewrite it", error)
+        return None
+    log.info("%s finished at step %d already; its final evaluation is in %s", workdir, int(start.state.step), path)
+    return final
+
+
+def _train(setup: Setup, workdir: str, batches: Iterator[dict] | None, stop: stopping.StopRequest) -> dict:
     config, mesh, data = setup.config, setup.mesh, setup.data
     checkpoints = checkpoint_lib.Checkpoints(workdir, keep=config.train.keep_checkpoints)
-    writer = stop = None
+    writer = None
     try:
-        state, record = _resume(setup, checkpoints, workdir)
+        start = _resume(setup, checkpoints, workdir)
+        final = _finished(setup, start, workdir)
+        if final is not None:
+            return final
+        state, plateau, lowest_error = start.state, start.plateau, start.lowest_error
         start_step, total_steps = int(state.step), setup.total_steps
-        final_path = os.path.join(workdir, workdir_lib.FINAL_FILE)
-        if start_step >= total_steps and os.path.exists(final_path):
-            log.info("%s finished at step %d already; its final evaluation is in %s", workdir, start_step, final_path)
-            with open(final_path) as f:
-                return json.load(f)
+        identity = resume.data_identity(data)
         if jax.process_index() == 0:
-            changes = workdir_lib.save_run_metadata(workdir, config, data)
-            if changes and start_step:
-                log.warning("resuming with a changed config: %s", "; ".join(changes))
-            workdir_lib.rewind_metrics(workdir, start_step)
-        plateau = optim.PlateauState(**record.get("plateau", {"learning_rate": config.optim.learning_rate}))
-        lowest_error = record.get("lowest_error", plateau.best_error)
-        writer, stop = MetricWriter(workdir), _StopRequest()
+            workdir_lib.rewind_metrics(workdir, start_step)  # first: it stops on a damaged metrics file
+            workdir_lib.save_run_metadata(workdir, config, data)
+            if start_step < total_steps:  # a longer run now: the final evaluation of the shorter one is kept aside
+                workdir_lib.keep_aside(workdir, workdir_lib.FINAL_FILE)
+        writer = MetricWriter(workdir)
         if batches is None:
             batches = input_pipeline.train_batches(
                 data,
@@ -342,26 +445,35 @@ def _train(setup: Setup, workdir: str, batches: Iterator[dict] | None) -> dict:
             )
 
         def save_record() -> dict:
-            return {"plateau": dataclasses.asdict(plateau), "lowest_error": lowest_error}
+            # Everything a resumed run needs besides the arrays, and what the run is: the config this
+            # checkpoint was written under (the tools read it) and the data it trained on.
+            return {
+                "plateau": dataclasses.asdict(plateau),
+                "lowest_error": lowest_error,
+                "rate_scale": start.rate_scale,
+                "config": resume.resolved(config),
+                "data": identity,
+            }
 
         timer_start, timer_step, reported_unreadable, rate_on_device = time.time(), start_step, 0, None
         last_evaluation = None  # (step, centre-crop result): the last step's is the final one's too
+        stop.training(True)
         for step in range(start_step + 1, total_steps + 1):
-            epoch = (step - 1) / setup.steps_per_epoch
             rate = optim.scheduled_learning_rate(
-                config.schedule, config.optim.learning_rate, epoch, config.train.num_epochs
+                config.schedule, config.optim.learning_rate, _epoch(setup, step), config.train.num_epochs
             )
-            rate = plateau.learning_rate if rate is None else rate
+            rate = plateau.learning_rate if rate is None else rate * start.rate_scale
             if rate != rate_on_device:  # a transfer only when the rate changes
                 state = state.replace(learning_rate=jax.device_put(np.float32(rate), NamedSharding(mesh, P())))
                 rate_on_device = rate
             state, metrics = setup.train_step(state, next(batches), setup.dropout_rng)
             log_step = due(step, config.train.log_every_steps, total_steps)
-            stopping = stop.agreed(log_step)
+            stopping_now = stop.agreed(log_step)
             eval_step = due(step, setup.eval_every, total_steps)
-            save_step = due(step, config.train.checkpoint_every_steps, total_steps) or stopping
+            save_step = due(step, config.train.checkpoint_every_steps, total_steps) or stopping_now
             if log_step or eval_step or save_step:  # the one wait for the device, before anything is kept
-                _check_finite(state, workdir)
+                _check_finite(state, workdir, saving=save_step or eval_step)
+                _check_data(data, workdir)
             if log_step:
                 metrics = jax.device_get(metrics)
                 elapsed = time.time() - timer_start
@@ -410,21 +522,19 @@ def _train(setup: Setup, workdir: str, batches: Iterator[dict] | None) -> dict:
                     checkpoints.save_best(step, state, save_record())
             if save_step:
                 checkpoints.save(step, state, save_record())
-            if stopping:
+            if stopping_now:
                 checkpoints.wait()
-                log.warning("stopped at step %d on SIGTERM; rerun the same command to resume", step)
+                log.warning("stopped at step %d on %s; rerun the same command to resume", step, stop.requested)
                 return {"stopped_at_step": step}
         checkpoints.wait()
+        stop.training(False)
         centre = last_evaluation[1] if last_evaluation and last_evaluation[0] == total_steps else None
         final = _evaluate_all(setup, state.params, centre)
         writer.write(total_steps, "final", final)
         if jax.process_index() == 0:
-            with open(final_path, "w") as f:
-                json.dump(final, f, indent=1)
+            files.write_json(os.path.join(workdir, workdir_lib.FINAL_FILE), final)
         return final
     finally:
-        if stop is not None:
-            stop.restore()
         checkpoints.close()
         if writer is not None:
             writer.close()

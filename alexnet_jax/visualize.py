@@ -18,9 +18,9 @@ neighbour's label matches the query's and red where it does not.
 `predictions` (Figure 4, left) shows evaluation images with their five most probable classes, the
 true class's bar in red.
 
-The network comes from a workdir's best checkpoint or from `--weights` with `--config`, as in
-`predict`; images come from the config's data source (`--config.data.*` does not apply here: edit
-the config file or the workdir's `config.json`).
+The network comes from a workdir's best checkpoint or from a weights file, with `--config` and
+`--config.*` as in `predict` (loading.py); images come from the config's data source, which
+`--config.data.*` changes.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import numpy as np
 from absl import flags
 from PIL import Image, ImageDraw, ImageFont
 
-from alexnet_jax import datasets, networks, predict, progress, steps
+from alexnet_jax import datasets, loading, networks, progress, steps
 
 BACKGROUND = (255, 255, 255)
 TILE_GAP = 2  # pixels between kernels (and between images)
@@ -142,13 +142,15 @@ def kernel_figure(
     return _stack(panels, axis=0)
 
 
-def kernels_command(source: dict, compare: dict | None, out: str, *, zoom: int, scale: str) -> np.ndarray:
-    """Writes the kernel figure of `source` (and `compare` beside it); prints colour shares per tower."""
+def kernels_command(source, compare, out: str, *, zoom: int, scale: str) -> np.ndarray:
+    """Writes the kernel figure of `source` (and `compare` beside it); prints colour shares per tower.
+
+    Each is a `loading.Network`, or a dict of `loading.load_network`'s arguments."""
     figures = []
     for item in [source] + ([compare] if compare else []):
-        network = predict.load_network(**item)
+        network = _network(item)
         kernel, towers = first_layer_kernel(network.params, network.config)
-        name = item.get("workdir") or item.get("weights")
+        name = network.path
         shares = colour_fraction(kernel).reshape(towers, -1).mean(axis=1)
         print(
             f"{name}: {kernel.shape[-1]} kernels {kernel.shape[0]}x{kernel.shape[1]}x{kernel.shape[2]}; "
@@ -189,13 +191,13 @@ def load_images(source: datasets.Source, indices: np.ndarray, crop: int) -> tupl
     return np.stack(shown), np.stack(images), np.asarray(labels)
 
 
-def make_features_fn(network: predict.Network):
+def make_features_fn(network: loading.Network):
     """Jitted `(params, uint8 resized images) -> (probabilities, fc7 features)` of the centre crop,
     as evaluation takes it, dropout off."""
     crop = network.config.model.image_size
 
     def features(params, images):
-        inputs = steps.test_crops(images, network.mean, crop, ten_crop=False)[:, 0]
+        inputs = steps.test_crops(images, network.normalisation, crop, ten_crop=False)[:, 0]
         logits, state = network.model.apply({"params": params}, inputs, mutable=["intermediates"])
         return jax.nn.softmax(logits), state["intermediates"]["fc7_out"][0]
 
@@ -256,9 +258,9 @@ def neighbour_figure(query_images, query_labels, pool_images, pool_labels, neigh
     return _stack(rows, axis=0, gap=0)
 
 
-def neighbours_command(source: dict, out: str, *, queries: int, neighbours: int, max_pool: int, batch: int) -> dict:
+def neighbours_command(source, out: str, *, queries: int, neighbours: int, max_pool: int, batch: int) -> dict:
     """Writes the neighbour grid; returns {"agreement": share of neighbours with the query's label, ...}."""
-    network = predict.load_network(**source)
+    network = _network(source)
     config, crop = network.config, network.config.model.image_size
     data = datasets.create_data(config.data, config.model.num_classes)
     features_fn = make_features_fn(network)
@@ -303,9 +305,9 @@ def _short(name: str, limit: int = 28) -> str:
     return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
-def predictions_command(source: dict, out: str, *, images: int, columns: int, batch: int) -> dict:
+def predictions_command(source, out: str, *, images: int, columns: int, batch: int) -> dict:
     """Writes the top-5 panel of `images` evaluation images; returns their top-5 (class, probability)."""
-    network = predict.load_network(**source)
+    network = _network(source)
     config, names = network.config, network.class_names
     data = datasets.create_data(config.data, config.model.num_classes)
     shown, inputs, labels = load_images(data.eval, _evenly_spaced(data.eval.size, images), config.model.image_size)
@@ -328,40 +330,64 @@ def _save(figure: np.ndarray, out: str) -> None:
 COMMANDS = ("kernels", "neighbours", "predictions")
 
 
-def _source(path: str | None, flag_values) -> dict | None:
-    """A network to load: a workdir (a directory) or a weights file with --config."""
+def _network(source) -> loading.Network:
+    """A `loading.Network` as it is; a dict of `loading.load_network`'s arguments loaded."""
+    if isinstance(source, loading.Network):
+        return source
+    source = dict(source)
+    if "config_path" in source:  # the older name of `config`
+        source["config"] = source.pop("config_path")
+    return loading.load_network(**source)
+
+
+def _compare_source(path: str | None, allow_pickle: bool) -> dict | None:
+    """A second network to draw: a workdir (a directory) or a weights file, each with its own config."""
     if not path:
         return None
     if os.path.isdir(path):
-        return dict(workdir=path, weights=None, config_path=None)
-    return dict(workdir=None, weights=path, config_path=flag_values.config, allow_pickle=flag_values.allow_pickle)
+        return dict(workdir=path)
+    return dict(weights=path, allow_pickle=allow_pickle)
 
 
-def main(argv):
-    f = flags.FLAGS
+def main(argv, source: loading.NetworkSource):
+    f = source.flag_values
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise cli.UserError(f"give one command, {' | '.join(COMMANDS)} (got {' '.join(argv[1:]) or 'none'})")
     command = argv[1]
-    source = dict(workdir=f.workdir, weights=f.weights, config_path=f.config, allow_pickle=f.allow_pickle)
+    network = source.network()
     out = f.out or os.path.join(f.workdir or ".", f"{command}.png")
     if command == "kernels":
-        kernels_command(source, _source(f.compare, f), out, zoom=f.zoom, scale=f.scale)
+        kernels_command(network, _compare_source(f.compare, f.allow_pickle), out, zoom=f.zoom, scale=f.scale)
     elif command == "neighbours":
-        neighbours_command(source, out, queries=f.queries, neighbours=f.neighbours, max_pool=f.max_pool, batch=f.batch)
+        neighbours_command(network, out, queries=f.queries, neighbours=f.neighbours, max_pool=f.max_pool, batch=f.batch)
     else:
-        predictions_command(source, out, images=f.images, columns=f.columns, batch=f.batch)
+        predictions_command(network, out, images=f.images, columns=f.columns, batch=f.batch)
+
+
+def define_flags(source: loading.NetworkSource) -> None:
+    fv = source.flag_values
+    flags.DEFINE_string("out", None, "PNG to write; default: <workdir or .>/<command>.png.", flag_values=fv)
+    flags.DEFINE_string("compare", None, "kernels: a second workdir or weights file, drawn beside.", flag_values=fv)
+    flags.DEFINE_integer("zoom", 4, "kernels: magnification of each kernel.", flag_values=fv)
+    flags.DEFINE_enum(
+        "scale", "each", ["each", "all"], "kernels: contrast per kernel, or one for the layer.", flag_values=fv
+    )
+    flags.DEFINE_integer("queries", 6, "neighbours: query images, spread over the evaluation split.", flag_values=fv)
+    flags.DEFINE_integer("neighbours", 5, "neighbours: neighbours shown per query.", flag_values=fv)
+    flags.DEFINE_integer(
+        "max_pool", 10000, "neighbours: training images searched (a fixed subset); 0: all.", flag_values=fv
+    )
+    flags.DEFINE_integer("images", 8, "predictions: evaluation images shown.", flag_values=fv)
+    flags.DEFINE_integer("columns", 4, "predictions: images per row.", flag_values=fv)
+    flags.DEFINE_integer("batch", 64, "Images per forward pass.", flag_values=fv)
+
+
+def run_command_line(argv: list[str]) -> int:
+    """`python -m alexnet_jax.visualize ARGV` in this process; returns the exit code."""
+    return loading.run_tool(define_flags, main, ["alexnet_jax.visualize", *argv])
 
 
 if __name__ == "__main__":
-    cli.define_network_flags()
-    flags.DEFINE_string("out", None, "PNG to write; default: <workdir or .>/<command>.png.")
-    flags.DEFINE_string("compare", None, "kernels: a second workdir, or weights file (with --config), drawn beside.")
-    flags.DEFINE_integer("zoom", 4, "kernels: magnification of each kernel.")
-    flags.DEFINE_enum("scale", "each", ["each", "all"], "kernels: contrast per kernel, or one for the layer.")
-    flags.DEFINE_integer("queries", 6, "neighbours: query images, spread over the evaluation split.")
-    flags.DEFINE_integer("neighbours", 5, "neighbours: neighbours shown per query.")
-    flags.DEFINE_integer("max_pool", 10000, "neighbours: training images searched (a fixed random subset); 0: all.")
-    flags.DEFINE_integer("images", 8, "predictions: evaluation images shown.")
-    flags.DEFINE_integer("columns", 4, "predictions: images per row.")
-    flags.DEFINE_integer("batch", 64, "Images per forward pass.")
-    cli.run(main, user_errors=(KeyError,))
+    _SOURCE = loading.NetworkSource()
+    define_flags(_SOURCE)
+    _SOURCE.run(lambda argv: main(argv, _SOURCE))

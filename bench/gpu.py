@@ -70,6 +70,7 @@ def _jax_row(spec: dict) -> dict:
         return {
             "images": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
             "labels": rng.integers(0, spec["classes"], batch).astype(np.int32),
+            "weight": np.ones(batch, np.float32),  # every example readable, as the pipeline marks them
             "window": np.stack(
                 [rng.integers(0, 33, batch), rng.integers(0, 33, batch), rng.integers(0, 2, batch)], 1
             ).astype(np.int32),

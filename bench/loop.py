@@ -62,6 +62,7 @@ def synthetic_batches(batch: int, size: int, count: int = 4):
         {
             "images": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
             "labels": rng.integers(0, 4, batch).astype(np.int32),
+            "weight": np.ones(batch, np.float32),  # every example readable, as the pipeline marks them
             "window": np.zeros((batch, 3), np.int32),
             "lighting": rng.normal(0, 5, (batch, 3)).astype(np.float32),
         }

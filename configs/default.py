@@ -16,12 +16,14 @@ No download, no GPU: the digits ship with scikit-learn. What changes from config
   the first ~8 epochs, and a cut then would stall the run).
 """
 
-from configs import paper
+from alexnet_jax.config_files import sibling
+
+paper = sibling(__file__, "paper")  # by path: no `configs` package needed
 
 
 def get_config():
     """Returns the paper's config with the changes above."""
-    config = paper.get_config()
+    config = paper["get_config"]()
     config.data.source = "digits"
     config.data.name = "digits"
     config.data.resize_size = 72

@@ -24,12 +24,19 @@ def get_config() -> ml_collections.ConfigDict:
     model.lrn_n = 5  # Sec. 3.3: window of n = 5 adjacent channels within a tower.
     model.lrn_alpha = 1e-4  # Sec. 3.3, as printed (PyTorch/Caffe would need 5e-4).
     model.lrn_beta = 0.75  # Sec. 3.3.
+    model.lrn_span = "tower"  # Sec. 3.3: windows within a tower's channels | "all": Caffe's, across both.
     model.dropout_rate = 0.5  # Sec. 4.2: on fc6 and fc7 outputs, training only.
+    # Sec. 4.2: "paper": no scaling in training, outputs times 1 - rate at test time | "inverted": kept
+    # units divided by 1 - rate in training (PyTorch's and Caffe's; their weights were trained so).
+    model.dropout_scaling = "paper"  # Sec. 4.2, as above.
     model.fc_width = 4096  # Neurons in fc6 and fc7 (sec. 3.5).
     model.activation = "relu"  # Sec. 3.1: ReLU after every layer but fc8 ("tanh" to compare).
     model.pool_window = 3  # Sec. 3.4: overlapping pooling, z = 3 ...
     model.pool_stride = 2  # ... and s = 2 (z = s = 2 is the non-overlapping comparison).
     model.init_scheme = "paper"  # Sec. 5: N(0, 0.01^2); "cuda-convnet" | "caffe" variants.
+    # Sec. 5: the biases of conv2, conv4, conv5, fc6 and fc7, which the paper sets to 1 "to provide the
+    # ReLUs with positive inputs"; None keeps the scheme's (1, or Caffe's 0.1). tanh wants 0 (configs/ablations.py).
+    model.init_bias = ml_collections.config_dict.placeholder(float)  # Sec. 5, as above.
     model.dtype = "float32"  # Compute dtype: "float32" | "bfloat16"; parameters stay float32.
     # Implementations with the same numbers; "auto" keeps the hand-written ones unless another was
     # measured at least 3 % faster on the backend (alexnet_jax/networks/layers.py, BENCHMARKS.md):
@@ -47,7 +54,10 @@ def get_config() -> ml_collections.ConfigDict:
     data.random_crop = True  # Random 224 x 224 patches at training time (sec. 4.1).
     data.random_flip = True  # Horizontal reflections with probability 1/2 (sec. 4.1).
     data.pca_lighting_std = 0.1  # Sigma of the PCA colour alphas (sec. 4.1); 0 disables.
-    data.subtract_mean = True  # Subtract the training-set mean image (sec. 2).
+    # Sec. 2: "mean_image": 0-255 RGB minus the training set's mean image | "none": 0-255 RGB as it is |
+    # "torchvision": (x / 255 - mean) / std per channel | "caffe": 0-255 minus Caffe's mean pixel (configs/caffe.py).
+    data.normalisation = "mean_image"  # Sec. 2, as above.
+    data.classes = ""  # Only these classes, comma-separated names, relabelled 0.. in this order; "" = all.
     data.fake_train_size = 1024  # source="fake": random training images,
     data.fake_eval_size = 256  # ... evaluation images,
     data.fake_num_classes = 1000  # ... and classes.
@@ -74,6 +84,14 @@ def get_config() -> ml_collections.ConfigDict:
     train.eval_every_epochs = 1.0  # Validation error feeds the plateau schedule.
     train.checkpoint_every_steps = 2000
     train.keep_checkpoints = 3  # Most recent checkpoints kept, besides the best one.
+    # Fine-tuning (docs/weights.md). A start, not a resume: a resumed run continues from its checkpoint.
+    train.init_from = ""  # A weights file, workdir or checkpoint directory: its layers of matching shape.
+    train.reinit = ""  # Layers initialised afresh although their shape matches (e.g. "fc8"), comma-separated.
+    train.freeze = ""  # Layers never updated (e.g. "conv1,conv2"): no update, momentum or weight decay.
+    # Fields a rerun in the same workdir may change although their rule refuses it (comma-separated,
+    # e.g. "model.dropout_rate,seed"; "data": other data). docs/training.md lists every field's rule.
+    train.allow_changes = ""
+    train.lock_workdir = True  # Lock the workdir for the run's life; False only where files cannot be locked.
 
     config.eval = evaluation = ml_collections.ConfigDict()
     evaluation.batch_size = 256  # Global eval batch; the last one is padded and masked.

@@ -6,12 +6,14 @@ random crops with flips and the AlexNet colour shift. Only the differences from 
 `python -m alexnet_jax.main --config=configs/vgg16.py --workdir=runs/vgg16`.
 """
 
-from configs import paper
+from alexnet_jax.config_files import sibling
+
+paper = sibling(__file__, "paper")  # by path: no `configs` package needed
 
 
 def get_config():
     """Returns the paper config with VGG-16 and its batch size."""
-    config = paper.get_config()
+    config = paper["get_config"]()
     config.model.name = "vgg16"
     config.model.lrn = False  # VGG-16 has no LRN (configuration A-LRN showed it did not help).
     config.optim.batch_size = 256

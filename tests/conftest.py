@@ -19,6 +19,15 @@ _OWN_CACHE = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _OWN_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="alexnet_jax_tests_xla_")
 
+# PyPI's PyTorch (requirements-test.txt) is its CUDA build, which brings Triton; importing Triton in a
+# process that has imported TensorFlow first crashes it (a segmentation fault, whatever the order of
+# the tests), and torch.optim and torchvision import it. Every test process imports TensorFlow with
+# the test files, so Triton comes first (0.3 s), here, before any test file is collected.
+try:
+    import triton  # noqa: E402, F401
+except ImportError:  # a CPU build of PyTorch, or none
+    pass
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
@@ -55,6 +64,27 @@ def pytest_collection_modifyitems(items):
         return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # a stable sort: the order within each file is kept
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test that skips for want of a module fails instead: the README's set-up installs every test
+    dependency (requirements-test.txt: PyTorch for the comparisons with it), so such a skip means a
+    set-up that no longer does, and a comparison that silently stopped running."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and call.excinfo is not None and "could not import" in str(call.excinfo.value):
+        report.outcome = "failed"
+        report.longrepr = f"{call.excinfo.value} (pip install -r requirements-test.txt)"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """The same for a whole test file skipped at collection (`pytest.importorskip` at its top)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and "could not import" in str(report.longrepr):
+        report.outcome = "failed"
 
 
 @pytest.fixture(scope="session")

@@ -49,18 +49,69 @@ def run_main_in_process(capsys, *argv: str):
     return code, captured.out, captured.err
 
 
+def leaf_table(tree) -> dict:
+    """`{"['params']['conv1']['kernel']": (shape, dtype)}` of every leaf of `tree`, in tree order."""
+    table = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype  # (no copy of an array)
+        table[jax.tree_util.keystr(path)] = (tuple(np.shape(leaf)), np.dtype(dtype))
+    return table
+
+
+def assert_same_structure(actual, expected) -> None:
+    """The same leaves under the same paths (keys, fields, positions), with the same shapes and
+    dtypes: a missing or extra parameter, momentum or metric fails here, before any value is read."""
+    have, want = leaf_table(actual), leaf_table(expected)
+    only_actual, only_expected = sorted(have.keys() - want.keys())[:5], sorted(want.keys() - have.keys())[:5]
+    assert list(have) == list(want), (
+        f"tree paths differ: {len(have)} leaves against {len(want)}; "
+        f"only in actual {only_actual}, only in expected {only_expected}"
+    )
+    differing = {path: (have[path], want[path]) for path in want if have[path] != want[path]}
+    assert not differing, f"leaf shapes or dtypes differ (actual, expected): {dict(list(differing.items())[:5])}"
+
+
 def assert_trees_close(actual, expected, rtol=1e-5):
-    """Every leaf within `rtol` of the expected leaf's largest magnitude."""
+    """The same structure (`assert_same_structure`), then every leaf within `rtol` of the expected
+    leaf's largest magnitude."""
+    assert_same_structure(actual, expected)
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(actual), jax.tree_util.tree_leaves(expected)):
         a, b = np.asarray(a), np.asarray(b)
-        scale = max(np.abs(b).max(), 1e-30)
-        assert np.abs(a - b).max() <= rtol * scale, (jax.tree_util.keystr(path), np.abs(a - b).max() / scale)
+        scale = max(np.abs(b).max(initial=0.0), 1e-30)
+        error = np.abs(a - b).max(initial=0.0)
+        assert error <= rtol * scale, (jax.tree_util.keystr(path), error / scale)
 
 
 def assert_trees_equal(actual, expected):
-    """Every leaf bit for bit."""
+    """The same structure (`assert_same_structure`), then every leaf bit for bit."""
+    assert_same_structure(actual, expected)
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(actual), jax.tree_util.tree_leaves(expected)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path), strict=True)
+
+
+def labels_with_hits(probs: np.ndarray, min_log_gap: float = 1e-3) -> tuple[np.ndarray, int, int]:
+    """Labels for the rows of `probs` (N >= 3 examples' class probabilities) that some top-1 and some
+    top-5 predictions get right, but not all: one row's most probable class (a top-1 hit), another
+    row's third (a top-5 hit only), every other row's most probable class outside its top 5 (a miss,
+    probable enough for its loss to be compared). Of 1,000 classes an untrained network's top classes
+    are never the random labels' (zero hits on every layout, which compares nothing). The rows whose
+    choices are furthest from their neighbours in log-probability are taken, and each choice must be
+    `min_log_gap` clear of the rank it must not cross: rounding on another device layout cannot move
+    a label across it. Returns (labels, top-1 hits, top-5 hits)."""
+    logp = np.log(np.asarray(probs, np.float64))
+    ranked = np.argsort(-logp, axis=1, kind="stable")
+    ordered = np.take_along_axis(logp, ranked, axis=1)
+    top_gap = ordered[:, 0] - ordered[:, 1]  # a top-1 hit stays one
+    third_gap = np.minimum(ordered[:, 0] - ordered[:, 2], ordered[:, 2] - ordered[:, 5])  # stays in the top 5, not 1st
+    first = int(np.argmax(top_gap))
+    third = max((r for r in range(len(probs)) if r != first), key=lambda r: third_gap[r])
+    assert top_gap[first] > min_log_gap and third_gap[third] > min_log_gap, (top_gap, third_gap)
+    labels = np.empty(len(probs), np.int32)
+    for row in range(len(probs)):  # misses: the first rank from the 6th on that is clear of the 5th
+        clear = np.nonzero(ordered[row, 4] - ordered[row, 5:] > min_log_gap)[0]
+        labels[row] = ranked[row, 5 + clear[0]]
+    labels[first], labels[third] = ranked[first, 0], ranked[third, 2]
+    return labels, 1, 2
 
 
 def workdir_with(path, config, params=None, seed=0, step=1):

@@ -117,6 +117,11 @@ def test_caffe_init_scheme():
     params = networks.init_params(alexnet.AlexNet(init_scheme="caffe", num_classes=10), jax.random.key(0), 67)
     assert abs(float(jnp.std(params["fc7"]["kernel"])) - 0.005) < 0.00025
     np.testing.assert_array_equal(np.asarray(params["fc6"]["bias"]), np.float32(0.1))
+    # cuda-convnet's: std 0.03 in conv3-conv5, the paper's elsewhere.
+    params = networks.init_params(alexnet.AlexNet(init_scheme="cuda-convnet", num_classes=10), jax.random.key(0), 67)
+    for name, std in (("conv2", 0.01), ("conv3", 0.03), ("conv5", 0.03), ("fc6", 0.01)):
+        assert abs(float(jnp.std(params[name]["kernel"])) - std) < 0.05 * std, name
+    np.testing.assert_array_equal(np.asarray(params["conv4"]["bias"]), np.float32(1.0))
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from alexnet_jax import datasets, input_pipeline, statistics
+from alexnet_jax import datasets, image_files, input_pipeline, statistics
 from configs import smoke
 
 COLOURS = {"cat": (200, 40, 40), "dog": (40, 40, 200)}
@@ -48,8 +48,8 @@ def folder_config(root, resize=24):
 
 def counting_pil(monkeypatch) -> list:
     """Records the files that reach PIL (those TensorFlow could not decode)."""
-    calls, original = [], datasets.decode_rgb
-    monkeypatch.setattr(datasets, "decode_rgb", lambda encoded: calls.append(encoded[:4]) or original(encoded))
+    calls, original = [], image_files.decode_rgb
+    monkeypatch.setattr(image_files, "decode_rgb", lambda encoded: calls.append(encoded[:4]) or original(encoded))
     return calls
 
 
@@ -67,18 +67,89 @@ def test_image_folder_colour_modes_become_rgb_and_only_what_tf_cannot_read_goes_
     assert calls == [b"II*\x00", b"II*\x00"]  # the two TIFF files, and nothing else
 
 
-def test_bad_files_are_skipped_and_counted(tmp_path):
-    write_image_folder(tmp_path)
+def break_every_way(directory):
+    """Every way a file system fails a listed image file, one file each, beside the good ones."""
+    (directory / "corrupt.jpg").write_bytes(b"this is not a JPEG")  # bytes no decoder reads
+    encoded = (directory / "rgb.jpg").read_bytes()
+    (directory / "truncated.jpg").write_bytes(encoded[: len(encoded) // 2])  # cut short
+    (directory / "empty.jpg").write_bytes(b"")  # zero bytes
+    (directory / "folder.jpg").mkdir()  # a directory named like an image
+    (directory / "link.jpg").symlink_to(directory / "moved-away.jpg")  # a dangling link
+    (directory / ".hidden.jpg").write_bytes(encoded)  # hidden: not data, not listed
+
+
+def test_files_that_fail_in_every_way_are_skipped_counted_and_keep_their_places(tmp_path, monkeypatch):
+    """Corrupt, cut short, empty, a directory, a dangling link, vanished after the listing, and one whose
+    read fails with a system error (injected: as root every file is readable): each is flagged with
+    weight 0 in its own place (the batches keep their length and every other example its position),
+    counted once with its reason, and masked out of evaluation. Hidden files and folders are not data."""
+    write_image_folder(tmp_path, bad=False)
+    for split in ("train", "val"):
+        for name in COLOURS:
+            break_every_way(tmp_path / split / name)
+    (tmp_path / "train" / ".ipynb_checkpoints").mkdir()  # hidden: not a class
+    listing = image_files.list_images
+
+    def listed_then_deleted(directory):
+        return listing(directory) + ([f"{directory}/vanished.jpg"] if directory.endswith("train/cat") else [])
+
+    monkeypatch.setattr(datasets, "list_images", listed_then_deleted)
+    read_rgb = image_files.read_rgb
+
+    def io_error(path):  # TensorFlow reads it; the Python path, given it, meets an I/O error
+        if path.endswith("tiff.png") and "/train/dog/" in path:
+            raise OSError(5, "Input/output error", path)
+        return read_rgb(path)
+
+    monkeypatch.setattr(image_files, "read_rgb", io_error)
     config = folder_config(tmp_path)
     data = datasets.create_data(config, 2)
-    assert data.train.size == 14  # 7 listed files per class, 2 of them broken
-    batches = input_pipeline.train_batches(data, config, crop=24, global_batch=4, start_step=0, seed=0)
-    labels = np.concatenate([next(batches)["labels"] for _ in range(2)])  # 8 of the 10 readable examples
-    assert sorted(labels.tolist()) in ([0] * 4 + [1] * 4, [0] * 5 + [1] * 3, [0] * 3 + [1] * 5)
-    next(batches)  # the first epoch is over (its broken files were all read), the second begins
-    assert data.unreadable.count == 4 and data.unreadable.latest().endswith(("corrupt.jpg", "truncated.jpg"))
+    assert data.class_names == ("cat", "dog") and data.train.size == 2 * 10 + 1
+    batches = input_pipeline.train_batches(data, config, crop=24, global_batch=7, start_step=0, seed=0)
+    epoch = [next(batches) for _ in range(3)]  # 21 listed // 7: the epoch's length counts every listed file
+    labels, weights = (np.concatenate([b[key] for b in epoch]) for key in ("labels", "weight"))
+    # The same listing with every file readable gives the same labels in the same places.
+    healthy = tmp_path / "healthy"
+    write_image_folder(healthy, bad=False)
+    for split in ("train", "val"):
+        for name in COLOURS:
+            for broken in ("corrupt.jpg", "truncated.jpg", "empty.jpg", "folder.jpg", "link.jpg"):
+                (healthy / split / name / broken).write_bytes((healthy / split / name / "rgb.jpg").read_bytes())
+    (healthy / "train" / "cat" / "vanished.jpg").write_bytes((healthy / "train" / "cat" / "rgb.jpg").read_bytes())
+    monkeypatch.setattr(datasets, "list_images", listing)
+    reference = datasets.create_data(folder_config(healthy), 2)
+    again = input_pipeline.train_batches(
+        reference, folder_config(healthy), crop=24, global_batch=7, start_step=0, seed=0
+    )
+    assert np.concatenate([next(again)["labels"] for _ in range(3)]).tolist() == labels.tolist()
+    assert weights.sum() == 21 - 12 and set(weights.tolist()) == {0.0, 1.0}
+    assert data.unreadable.count == 12  # 5 broken per class, the vanished file and the I/O error
+    reasons = data.unreadable.latest()
+    assert reasons and "(" in reasons
+    assert any("Input/output error (EIO)" in r for r in data.unreadable._reasons.values())
+    assert any("No such file or directory (ENOENT)" in r for r in data.unreadable._reasons.values())
+    assert any("Is a directory (EISDIR)" in r for r in data.unreadable._reasons.values())
     evaluation = list(input_pipeline.eval_batches(data, global_batch=4))
     assert sum(b["mask"].sum() for b in evaluation) == 10  # broken validation files are masked out
+
+
+def test_a_prepared_copy_with_a_broken_file_keeps_every_other_examples_place(tmp_path):
+    write_image_folder(tmp_path / "raw", bad=False)
+    data = datasets.create_data(folder_config(tmp_path / "raw"), 2)
+    from alexnet_jax import prepare
+
+    prepare.write_copy(data, str(tmp_path / "copy"), 90)
+    (tmp_path / "copy" / "prepared.json").write_text('{"resize_size": 24}')
+    files = sorted((tmp_path / "copy" / "train" / "cat").iterdir())
+    files[1].write_bytes(b"")  # emptied
+    config = folder_config(tmp_path / "copy")
+    config.random_crop = True
+    copy = datasets.create_data(config, 2)
+    files[2].unlink()  # vanished after the listing
+    batches = input_pipeline.train_batches(copy, config, crop=20, global_batch=10, start_step=0, seed=0)
+    batch = next(batches)
+    assert batch["images"].shape == (10, 20, 20, 3) and batch["weight"].sum() == 8
+    assert copy.unreadable.count == 2
 
 
 def test_missing_folder_names_what_was_expected(tmp_path):

@@ -107,6 +107,8 @@ def test_step_and_cosine_schedules():
     schedule.kind = "cosine"
     assert optim.scheduled_learning_rate(schedule, 0.01, 45, 90) == pytest.approx(0.005)
     assert optim.scheduled_learning_rate(schedule, 0.01, 90, 90) == pytest.approx(0.0, abs=1e-12)
+    schedule.kind = "constant"
+    assert optim.scheduled_learning_rate(schedule, 0.01, 75, 90) == 0.01
     schedule.kind = "plateau"
     assert optim.scheduled_learning_rate(schedule, 0.01, 5, 90) is None
     schedule.kind = "warmup"

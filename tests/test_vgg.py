@@ -1,8 +1,10 @@
 """VGG-16 (configuration D) against the CS231n notes' table, and trainable with the same pipeline."""
 
+import jax
+import numpy as np
 import pytest
 
-from alexnet_jax import networks, summary, train
+from alexnet_jax import datasets, loading, networks, steps, summary, train
 from alexnet_jax.networks import vgg
 from configs import smoke, vgg16
 
@@ -36,15 +38,17 @@ CS231N_TABLE = [
 def test_parameter_count_and_layer_shapes_match_the_cs231n_table():
     net = vgg.VGG16()
     assert networks.count_params(networks.param_shapes(net, 224)) == 138_357_544
-    table = summary.vgg_table(net, 224)
+    table = summary.layer_table(net, 224)
     rows = [(r["name"], tuple(r["output_shape"]), r["weights"]) for r in table["layers"][1:]]
     assert rows == CS231N_TABLE
     assert table["layers"][0]["values"] == 224 * 224 * 3
     assert table["total_params"] == 138_357_544
     # The notes print ~24M values in total; its rows add up to this (the summary flags it).
     assert table["total_values"] == 15_237_608 and table["forward_bytes"] == 15_237_608 * 4
-    assert "arithmetic slip" in summary.format_vgg_table(table)
     assert round(table["total_macs"] / 1e9, 2) == 15.47
+    compared = summary.table_for(vgg16.get_config())  # with the registry's CS231n figures beside
+    assert [(d["row"], d["column"]) for d in compared["differences"]] == [("total", "values")]
+    assert "arithmetic slip" in summary.format_table(compared)
 
 
 def test_input_side_must_divide_by_32():
@@ -65,4 +69,13 @@ def test_vgg_trains_with_the_same_pipeline(tmp_path):
     config.optim.batch_size, config.eval.batch_size, config.parallel.data = 16, 8, 1
     config.train.num_epochs, config.eval.ten_crop = 1, False
     result = train.train_and_evaluate(config, str(tmp_path))
-    assert result["count"] == config.data.fake_eval_size
+    # The run's final evaluation is what its final parameters compute on the held-out images.
+    params, step = loading.restore_params(str(tmp_path), config, "final")
+    data = datasets.create_data(config.data, config.model.num_classes)
+    images = np.stack([image for image, _, _ in data.eval.examples(range(8)).as_numpy_iterator()])
+    labels = np.array([label for _, label, _ in data.eval.examples(range(8)).as_numpy_iterator()])
+    crops = steps.test_crops(images, data.mean, 32, ten_crop=False)[:, 0]
+    probs = np.asarray(jax.nn.softmax(networks.from_config(config.model).apply({"params": params}, crops)))
+    assert step == 1 and result["count"] == 8
+    assert result["top1_error"] == np.mean(probs.argmax(axis=1) != labels)
+    np.testing.assert_allclose(result["loss"], -np.mean(np.log(probs[np.arange(8), labels] + 1e-12)), rtol=1e-4)

@@ -1,17 +1,14 @@
 """visualize: Figure 3's kernel picture (size, tower panels, comparison), Figure 4's neighbour grid
 and top-5 panel, and the ImageNet class names they print."""
 
-import os
-
 import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import cli, datasets, networks, visualize
+from alexnet_jax import datasets, loading, networks, predict, visualize
 from alexnet_jax import weights as weights_lib
 from configs import smoke
-from tests.helpers import ROOT, run_module
 
 WHITE = np.array(visualize.BACKGROUND, np.uint8)
 
@@ -58,22 +55,30 @@ def test_nearest_neighbours_match_brute_force():
     assert visualize.nearest_neighbours(pool[7:8], pool, 1)[0][0, 0] == 7
 
 
+def ten_class_config():
+    """The smoke config with 10 classes, so that a top-5 can miss."""
+    config = smoke.get_config()
+    config.data.fake_num_classes = config.model.num_classes = 10
+    return config
+
+
 @pytest.fixture(scope="module")
 def weight_files(tmp_path_factory):
-    """Two differently initialised networks of the smoke config, as .npz weight files."""
-    config = smoke.get_config()
+    """Two differently initialised networks of the 10-class smoke config, as .npz weight files that
+    carry that config."""
+    config = ten_class_config()
     net = networks.from_config(config.model)
     paths = []
     for seed in (0, 1):
         path = tmp_path_factory.mktemp("w") / f"w{seed}.npz"
         params = networks.init_params(net, jax.random.key(seed), config.model.image_size)
-        weights_lib.save(jax.tree.map(np.asarray, params), str(path))
+        weights_lib.save(jax.tree.map(np.asarray, params), str(path), model=net, config=config)
         paths.append(str(path))
     return paths
 
 
 def _source(path):
-    return dict(workdir=None, weights=path, config_path=os.path.join(ROOT, "configs", "smoke.py"))
+    return dict(weights=path)
 
 
 def test_kernels_compare_two_networks(weight_files, tmp_path):
@@ -99,22 +104,27 @@ def test_neighbour_grid_and_prediction_panel(weight_files, tmp_path):
     assert width == (side + 2 * gap) + visualize.PANEL_GAP + 4 * (side + gap) + gap  # query | 4 neighbours
     assert Image.open(tmp_path / "n.png").size == (width, height)
     panel = visualize.predictions_command(
-        _source(weight_files[0]), str(tmp_path / "p.png"), images=3, columns=2, batch=16
+        _source(weight_files[0]), str(tmp_path / "p.png"), images=6, columns=2, batch=16
     )
-    for top in panel["top5"]:
-        probs = [p for _, p in top]
-        assert len(top) == 4 and probs == sorted(probs, reverse=True)  # 4 classes in the smoke config
-        assert sum(probs) == pytest.approx(1.0, abs=1e-5)
+    # The panel's top 5 of 10 classes are predict's for the same evaluation images.
+    network = loading.load_network(weights=weight_files[0])
+    data = datasets.create_data(network.config.data, 10)
+    _, inputs, labels = visualize.load_images(data.eval, visualize._evenly_spaced(data.eval.size, 6), 64)
+    probs = np.asarray(predict.make_predict_fn(network, ten_crop=False)(network.params, inputs))
+    for top, row in zip(panel["top5"], probs):
+        assert [c for c, _ in top] == list(np.argsort(-row, kind="stable")[:5])
+        np.testing.assert_allclose([p for _, p in top], np.sort(row)[::-1][:5], rtol=1e-5)
+    hits = [label in [c for c, _ in top] for top, label in zip(panel["top5"], labels)]
+    assert list(panel["labels"]) == list(labels) and 0 < sum(hits) < len(hits)  # a top 5 of 10 can miss
     assert (tmp_path / "p.png").exists()
 
 
-def test_cli_writes_png_and_rejects_bad_commands(weight_files, tmp_path):
-    args = ("kernels", f"--weights={weight_files[0]}", "--config=configs/smoke.py", f"--out={tmp_path / 'k.png'}")
-    code, out, err = run_module("alexnet_jax.visualize", *args)
-    assert code == 0, err[-2000:]
-    assert "tower 1 colour share" in out and (tmp_path / "k.png").exists()
-    with pytest.raises(cli.UserError, match="give one command, kernels | neighbours | predictions"):
-        visualize.main(["visualize", "kernel"])
+def test_cli_writes_png_and_rejects_bad_commands(weight_files, tmp_path, capsys):
+    args = ["kernels", f"--weights={weight_files[0]}", f"--out={tmp_path / 'k.png'}", "--config.data.fake_eval_size=8"]
+    assert visualize.run_command_line(args) == 0, capsys.readouterr().err[-2000:]
+    assert "tower 1 colour share" in capsys.readouterr().out and (tmp_path / "k.png").exists()
+    assert visualize.run_command_line(["kernel", f"--weights={weight_files[0]}"]) == 2
+    assert "give one command, kernels | neighbours | predictions" in capsys.readouterr().err
 
 
 def test_imagenet_class_names_follow_the_label_order():

@@ -1,14 +1,16 @@
-"""PyTorch-convention weights load into the canonical tree and give a NumPy forward's logits."""
+"""PyTorch- and Caffe-convention weights load into the canonical tree and give a NumPy forward's logits;
+files carry their network's config; the command line converts between formats."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import cli, networks
+from alexnet_jax import networks
 from alexnet_jax import weights as weights_lib
 from alexnet_jax.networks import alexnet
 from tests import numpy_reference
-from tests.helpers import run_module
+
+TORCH_NAMES = alexnet.TORCH_NAMES
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +20,7 @@ def torch_weights():
 
 @pytest.mark.parametrize("image_size,conv1_pad", [(227, ((0, 0), (0, 0))), (224, ((0, 3), (0, 3)))])
 def test_torch_layout_gives_numpy_reference_logits(torch_weights, image_size, conv1_pad):
-    images = np.random.default_rng(1).uniform(-120, 120, (2, image_size, image_size, 3)).astype(np.float32)
+    images = np.random.default_rng(1).uniform(-120, 120, (1, image_size, image_size, 3)).astype(np.float32)
     params = weights_lib.from_torch_layout(torch_weights)
     ours = alexnet.AlexNet().apply({"params": params}, jnp.asarray(images))
     ref = numpy_reference.alexnet_forward(torch_weights, images.transpose(0, 3, 1, 2), conv1_pad)
@@ -52,7 +54,7 @@ def test_missing_layer_is_a_clear_error(torch_weights):
 
 
 def torchvision_names(weights):
-    return {f"{weights_lib.TORCHVISION_NAMES[k.split('.')[0]]}.{k.split('.')[1]}": v for k, v in weights.items()}
+    return {f"{TORCH_NAMES[k.split('.')[0]]}.{k.split('.')[1]}": v for k, v in weights.items()}
 
 
 def test_torchvision_file_imports_exports_bit_for_bit_and_gives_numpy_logits(tmp_path):
@@ -64,12 +66,10 @@ def test_torchvision_file_imports_exports_bit_for_bit_and_gives_numpy_logits(tmp
     assert again.keys() == original.keys()
     for key in original:
         np.testing.assert_array_equal(again[key], original[key])
-    images = np.random.default_rng(3).uniform(-120, 120, (2, 224, 224, 3)).astype(np.float32)
+    images = np.random.default_rng(3).uniform(-120, 120, (1, 224, 224, 3)).astype(np.float32)
     ours = alexnet.AlexNet(variant="torchvision").apply({"params": params}, jnp.asarray(images))
     layer_named = {
-        f"{name}.{leaf}": original[f"{tv}.{leaf}"]
-        for name, tv in weights_lib.TORCHVISION_NAMES.items()
-        for leaf in ("weight", "bias")
+        f"{name}.{leaf}": original[f"{tv}.{leaf}"] for name, tv in TORCH_NAMES.items() for leaf in ("weight", "bias")
     }
     ref = numpy_reference.alexnet_forward(
         layer_named, images.transpose(0, 3, 1, 2), ((2, 2), (2, 2)), towers=1, use_lrn=False
@@ -100,7 +100,8 @@ def test_caffe_npy_needs_the_pickle_flag_and_round_trips(tmp_path, torch_weights
 
 
 def test_pytorch_state_dict_export_loads_in_torch(tmp_path, torch_weights):
-    torch = pytest.importorskip("torch")
+    import torch  # installed by requirements-test.txt: this test must run
+
     params = weights_lib.from_torch_layout(torch_weights)
     path = str(tmp_path / "alexnet.pth")
     weights_lib.save(params, path, names="layer")
@@ -121,19 +122,64 @@ def test_unknown_format_and_missing_file_are_clear(tmp_path):
         weights_lib.load(str(tmp_path / "w.h5"))
 
 
-def test_convert_command_between_formats(tmp_path, torch_weights):
+def test_convert_command_between_formats(tmp_path, torch_weights, capsys):
     params = weights_lib.from_torch_layout(torch_weights)
     weights_lib.save(params, str(tmp_path / "a.npz"))
     weights_lib.convert(str(tmp_path / "a.npz"), str(tmp_path / "caffe.npy"))
     with pytest.raises(weights_lib.PickleRefused):
         weights_lib.convert(str(tmp_path / "caffe.npy"), str(tmp_path / "b.npz"))
-    code, out, err = run_module(
-        "alexnet_jax.weights", "--allow_pickle", str(tmp_path / "caffe.npy"), str(tmp_path / "b.npz")
-    )
-    assert code == 0 and "8 layers, 60,965,224 parameters" in out, err[-2000:]
+    code = weights_lib.run_command_line(["--allow_pickle", str(tmp_path / "caffe.npy"), str(tmp_path / "b.npz")])
+    out, err = capsys.readouterr()
+    assert code == 0 and "8 layers, 60,965,224 parameters (" in out and "Caffe's bvlc_alexnet" in out, err[-2000:]
     back = weights_lib.load(str(tmp_path / "b.npz"))
     for layer in params:
         for leaf in ("kernel", "bias"):
             np.testing.assert_array_equal(back[layer][leaf], params[layer][leaf])
-    with pytest.raises(cli.UserError, match="give SOURCE"):
-        weights_lib.main(["weights", str(tmp_path / "a.npz")])
+    # An override changes the network the file is read as: here the paper's dropout, so the .npz
+    # records it and holds fc7 and fc8 divided by 1 - rate (the same test-time function).
+    args = [
+        "--allow_pickle",
+        str(tmp_path / "caffe.npy"),
+        str(tmp_path / "c.npz"),
+        "--config.model.dropout_scaling=paper",
+    ]
+    assert weights_lib.run_command_line(args) == 0
+    paper = weights_lib.read(str(tmp_path / "c.npz"))
+    assert paper.config["model"]["dropout_scaling"] == "paper" and paper.config["model"]["lrn_span"] == "all"
+    np.testing.assert_allclose(paper.arrays["fc8"]["kernel"], params["fc8"]["kernel"] * 2)
+    np.testing.assert_array_equal(paper.arrays["fc6"]["kernel"], params["fc6"]["kernel"])
+    assert weights_lib.run_command_line([str(tmp_path / "a.npz")]) == 2
+
+
+def test_both_numpy_forms_of_caffe_weights_load_alike(tmp_path, torch_weights):
+    canonical = weights_lib.from_torch_layout(torch_weights)
+    listed = weights_lib.to_caffe_layout(canonical)
+    named = {layer: {"weights": kernel, "biases": bias} for layer, (kernel, bias) in listed.items()}
+    for name, form in (("listed", listed), ("named", named)):
+        np.save(tmp_path / f"{name}.npy", np.array(form, dtype=object), allow_pickle=True)
+    a = weights_lib.load(str(tmp_path / "listed.npy"), allow_pickle=True)
+    b = weights_lib.load(str(tmp_path / "named.npy"), allow_pickle=True)
+    for layer in alexnet.LAYER_NAMES:
+        np.testing.assert_array_equal(a[layer]["kernel"], b[layer]["kernel"])
+        np.testing.assert_array_equal(a[layer]["kernel"], canonical[layer]["kernel"])
+
+
+def test_exports_to_pytorch_and_caffe_carry_inverted_dropout(tmp_path, torch_weights):
+    import torch
+
+    params = weights_lib.from_torch_layout(torch_weights)
+    paper = alexnet.AlexNet(dropout_scaling="paper")
+    weights_lib.save(params, str(tmp_path / "paper.pth"), model=paper)
+    state = torch.load(tmp_path / "paper.pth", weights_only=True)
+    # torchvision's names; fc7 and fc8 read dropped units: their kernels halved for PyTorch's dropout.
+    np.testing.assert_array_equal(state["classifier.4.weight"].numpy(), torch_weights["fc7.weight"] * 0.5)
+    np.testing.assert_array_equal(state["classifier.6.weight"].numpy(), torch_weights["fc8.weight"] * 0.5)
+    np.testing.assert_array_equal(state["classifier.1.weight"].numpy(), torch_weights["fc6.weight"])
+
+
+def test_a_file_that_does_not_fit_the_configured_network_is_refused(tmp_path, torch_weights):
+    weights_lib.save(weights_lib.from_torch_layout(torch_weights), str(tmp_path / "paper.npz"))
+    from alexnet_jax import loading
+
+    with pytest.raises(ValueError, match=r"conv1/kernel \(11, 11, 3, 96\) in the file, \(11, 11, 3, 64\)"):
+        loading.load_network(weights=str(tmp_path / "paper.npz"), config="configs/torchvision.py")

@@ -1,5 +1,6 @@
 """The workdir: one run at a time, the config history, the metrics rewound to the restored step."""
 
+import errno
 import json
 import signal
 import subprocess
@@ -38,10 +39,13 @@ def test_a_killed_runs_lock_is_released_by_the_operating_system(tmp_path):
     workdir_lib.Lock(str(tmp_path)).acquire().release()
 
 
-def test_config_changes_name_each_field():
-    old = {"optim": {"learning_rate": 0.01, "batch_size": 128}, "schedule": {"step_epochs": [30, 60]}}
-    new = {"optim": {"learning_rate": 0.02, "batch_size": 128}, "schedule": {"step_epochs": (30, 60)}}
-    assert workdir_lib.config_changes(old, new) == ["optim.learning_rate: 0.01 -> 0.02"]
+def test_a_file_system_that_cannot_lock_is_told_from_a_lock_held(tmp_path, monkeypatch):
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(workdir_lib.fcntl, "flock", no_locks)
+    with pytest.raises(workdir_lib.LockUnsupported, match=r"No locks available \(ENOLCK\): this file system does not"):
+        workdir_lib.Lock(str(tmp_path)).acquire()
 
 
 def test_metadata_keeps_the_previous_config_when_it_changes(tmp_path):
@@ -49,10 +53,11 @@ def test_metadata_keeps_the_previous_config_when_it_changes(tmp_path):
         mean, pca_scale, pca_axes, class_names = [0.0, 0.0, 0.0], [1.0] * 3, [[1.0] * 3] * 3, ("a", "b")
 
     config = ml_collections.ConfigDict({"optim": {"learning_rate": 0.01}})
-    assert workdir_lib.save_run_metadata(str(tmp_path), config, Data) == []
-    assert workdir_lib.save_run_metadata(str(tmp_path), config, Data) == []
+    workdir_lib.save_run_metadata(str(tmp_path), config, Data)
+    workdir_lib.save_run_metadata(str(tmp_path), config, Data)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["class_names.json", "config.json", "stats.npz"]
     config.optim.learning_rate = 0.02
-    assert workdir_lib.save_run_metadata(str(tmp_path), config, Data) == ["optim.learning_rate: 0.01 -> 0.02"]
+    workdir_lib.save_run_metadata(str(tmp_path), config, Data)
     previous = [p for p in tmp_path.iterdir() if p.name.startswith("config.") and p.name != "config.json"]
     assert len(previous) == 1 and json.loads(previous[0].read_text())["optim"]["learning_rate"] == 0.01
     assert workdir_lib.saved_config(str(tmp_path))["optim"]["learning_rate"] == 0.02

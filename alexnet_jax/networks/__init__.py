@@ -7,8 +7,9 @@
 A network is a Flax module that offers the `Network` interface below; `REGISTRY` maps each
 `config.model.name` to the `Entry` that builds it from a config and checks the config's fields for
 it. Adding a network is one file that defines the module and its entry, and one line in
-`REGISTRY`: the steps, the summary, the weights converter, the figures and the config checks ask
-the module and its entry, never the network's name.
+`REGISTRY` (docs/network.md): the steps, the training loop, the summary, the weights converter,
+the fine-tuning, the tools and the config checks ask the module and its entry, never the network's
+name.
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ class Network(Protocol):
 
     LAYERS: ClassVar[tuple[str, ...]]  # parameter tree keys, input to output
     HEAD: ClassVar[tuple[str, ...]]  # the layers `classifier` runs (the rest are `features`')
+    TORCH_NAMES: ClassVar[dict[str, str]]  # layer -> its PyTorch state-dict prefix ({} if none is known)
     num_classes: int
+    dropout_rate: float
+    dropout_scaling: str  # layers.DROPOUT_SCALINGS: where the factor 1 / (1 - rate) goes
     dtype: Any
     model_axis: str | None  # inside shard_map: the axis that splits the towers (one per device)
     data_axis: str | None  # inside shard_map: the batch axis (dropout masks follow the global example)
@@ -43,6 +47,10 @@ class Network(Protocol):
     @property
     def towers(self) -> int:
         """Channel groups of the first layers (2 for the paper's network); `model_axis` may split them."""
+
+    @property
+    def dropout_inputs(self) -> tuple[str, ...]:
+        """The layers whose inputs dropout acts on (() without dropout): `convert_dropout` scales their kernels."""
 
     def features(self, images: jax.Array) -> jax.Array:
         """Input images (N, H, W, 3) -> the maps the head reads (this device's towers' share)."""
@@ -66,17 +74,20 @@ class Entry:
     `build(model_config, implementations)` returns the module, with `implementations` (grouped_conv,
     pool_gradient, lrn_gradient) already resolved for the backend. `fields` lists the config fields
     of this network with the values each accepts; `check(config)` raises ValueError, naming the
-    field, for a whole config this network cannot run (image size, mesh).
+    field, for a whole config this network cannot run (image size, mesh). `reference(model,
+    image_size)`, where given, returns published per-layer figures that the summary prints beside
+    the module's own (see `summary.layer_table` for the form), or None where none apply.
     """
 
     build: Callable[[Any, dict[str, str]], Network]
     fields: dict[str, tuple]
     check: Callable[[Any], None]
+    reference: Callable[[Network, int], dict | None] | None = None
 
 
 REGISTRY: dict[str, Entry] = {
-    "alexnet": Entry(alexnet.build, alexnet.CONFIG_FIELDS, alexnet.check_config),
-    "vgg16": Entry(vgg.build, vgg.CONFIG_FIELDS, vgg.check_config),
+    "alexnet": Entry(alexnet.build, alexnet.CONFIG_FIELDS, alexnet.check_config, alexnet.reference_figures),
+    "vgg16": Entry(vgg.build, vgg.CONFIG_FIELDS, vgg.check_config, vgg.reference_figures),
 }
 
 
@@ -128,3 +139,23 @@ def param_shapes(model: nn.Module, image_size: int) -> dict:
 def count_params(tree: Any) -> int:
     """Number of scalars in a parameter tree (of arrays or shape structs)."""
     return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def convert_dropout(params: dict, model: Network, source_scaling: str, source_rate: float) -> dict:
+    """`params` trained under (`source_scaling`, `source_rate`) made to compute the same test-time
+    function under `model`'s own dropout scaling and rate.
+
+    At test time a dropout layer's output is multiplied by `layers.dropout_test_scale` (1 - rate for
+    the paper's scaling, 1 for the inverted one), and only the kernel of the layer that reads it
+    sees that factor: it is multiplied by source factor / target factor. Biases and every other
+    layer are unchanged; the same scaling and rate change nothing.
+    """
+    factor = layers.dropout_test_scale(source_rate, source_scaling) / layers.dropout_test_scale(
+        model.dropout_rate, model.dropout_scaling
+    )
+    if factor == 1.0:
+        return params
+    converted = dict(params)
+    for name in (name for name in model.dropout_inputs if name in params):
+        converted[name] = {**params[name], "kernel": params[name]["kernel"] * factor}
+    return converted

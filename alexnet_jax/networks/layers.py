@@ -29,6 +29,13 @@ from jax import lax
 GROUPED_CONV = ("split", "feature_group")
 POOL_GRADIENTS = ("custom", "xla")
 LRN_GRADIENTS = ("custom", "autodiff")
+# Where dropout's factor goes. "paper": kept units pass unscaled in training and every output is
+# multiplied by 1 - rate at test time (section 4.2, "multiply their outputs by 0.5"). "inverted":
+# kept units are divided by 1 - rate in training and nothing changes at test time (PyTorch's and
+# Caffe's dropout, hence torchvision's and bvlc_alexnet's weights). The two compute the same test-time
+# function once the layer that reads the dropped units has its kernel scaled by 1 - rate
+# (`networks.convert_dropout`).
+DROPOUT_SCALINGS = ("paper", "inverted")
 
 
 def convnet_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -174,15 +181,23 @@ def max_pool(x: jax.Array, window: int = 3, stride: int = 2, gradient: str = "cu
 
 
 def dropout(
-    rng: jax.Array, x: jax.Array, rate: float, first_example: jax.Array | int, model_axis: str | None
+    rng: jax.Array,
+    x: jax.Array,
+    rate: float,
+    first_example: jax.Array | int,
+    model_axis: str | None,
+    scaling: str = "inverted",
 ) -> jax.Array:
-    """Dropout of (batch, width) activations whose mask depends only on (rng, global example, neuron).
+    """Training-time dropout of (batch, width) activations; the mask depends only on (rng, global example, neuron).
 
     `first_example` is the index of x's first row in the global batch. Each example's mask is drawn
     over the layer's full width and this device keeps its tower's slice (`model_axis`), which costs
     a few thousand random bits per example and makes every device layout drop the neurons that one
-    device would: sharded and unsharded training agree exactly.
+    device would: sharded and unsharded training agree exactly. Kept units are divided by 1 - rate
+    with `scaling="inverted"` and left as they are with "paper" (see DROPOUT_SCALINGS).
     """
+    if scaling not in DROPOUT_SCALINGS:
+        raise ValueError(f"dropout scaling must be one of {DROPOUT_SCALINGS}, got {scaling!r}")
     if rate == 0.0:
         return x
     local_batch, local_width = x.shape
@@ -191,7 +206,15 @@ def dropout(
     keep = jax.vmap(lambda key: jax.random.bernoulli(key, 1.0 - rate, (local_width * towers,)))(keys)
     if towers > 1:
         keep = lax.dynamic_slice_in_dim(keep, lax.axis_index(model_axis) * local_width, local_width, axis=1)
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+    kept = x / (1.0 - rate) if scaling == "inverted" else x
+    return jnp.where(keep, kept, jnp.zeros_like(x))
+
+
+def dropout_test_scale(rate: float, scaling: str) -> float:
+    """The factor on a dropout layer's output at test time: 1 - rate for the paper's scaling, else 1."""
+    if scaling not in DROPOUT_SCALINGS:
+        raise ValueError(f"dropout scaling must be one of {DROPOUT_SCALINGS}, got {scaling!r}")
+    return 1.0 - rate if scaling == "paper" else 1.0
 
 
 class _Layer(nn.Module):

@@ -1,0 +1,94 @@
+"""SIGTERM and SIGINT at any moment of a run: the workdir is left resumable and one line says so.
+
+A scheduler's preemption notice (SIGTERM) or Ctrl-C (SIGINT) can come while a run starts (reading the
+data, restoring, compiling), while it trains, or during its final evaluation:
+
+* while it trains, the signal becomes a request that the loop sees after the current step: it saves
+  a checkpoint of that step and stops (`StopRequest.agreed`);
+* at any other moment, nothing is half-done that a rerun would not redo (every file the run writes
+  is written whole or not at all, and checkpoints are committed atomically by Orbax), so the signal
+  ends the run at once with `Interrupted`.
+
+Either way a rerun of the same command resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+log = logging.getLogger("alexnet_jax")
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Interrupted(Exception):
+    """A signal ended the run outside the training loop; the workdir is resumable."""
+
+
+def _raise(signum, frame):
+    del frame
+    raise Interrupted(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def signals_interrupt():
+    """SIGTERM and SIGINT raise `Interrupted` (every command line: a one-line stop, not a traceback or
+    a silent death); a run's `StopRequest` takes them over while it trains."""
+    previous = {number: signal.signal(number, _raise) for number in SIGNALS}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+class StopRequest:
+    """Holds SIGTERM and SIGINT for the life of a run (a context manager).
+
+    Outside `training()`, a signal raises `Interrupted` at once; inside, it sets a flag that the loop
+    checks after every step.
+    """
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._in_loop = False
+        self._previous = {}
+
+    def __enter__(self) -> StopRequest:
+        for number in SIGNALS:
+            self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if not self._in_loop:
+            _raise(signum, frame)
+        if self.requested is None:
+            log.warning("%s: saving a checkpoint and stopping after this step", name)
+        self.requested = name
+
+    def training(self, active: bool) -> None:
+        """Between `training(True)` and `training(False)`, signals wait for the loop."""
+        self._in_loop = active
+        if not active and self.requested:
+            raise Interrupted(self.requested)
+
+    def agreed(self, at_log_step: bool) -> bool:
+        """Whether to save and stop after this step. With several processes, all must stop at the
+        same step (the save is collective), and each may see the signal at another step: they agree
+        at log steps, stopping when any of them was signalled."""
+        if jax.process_count() == 1:
+            return self.requested is not None
+        if not at_log_step:
+            return False
+        return bool(np.any(multihost_utils.process_allgather(np.int32(self.requested is not None))))
