@@ -10,7 +10,7 @@ from configs import smoke
 from tests.test_datasets import folder_config, write_image_folder
 
 
-def test_prepare_statistics_and_copy(tmp_path):
+def test_prepare_statistics_and_copy(tmp_path, capsys):
     write_image_folder(tmp_path / "raw")
     config = smoke.get_config()
     config.data = folder_config(tmp_path / "raw", resize=32)
@@ -18,6 +18,8 @@ def test_prepare_statistics_and_copy(tmp_path):
     report = prepare.prepare(config, str(tmp_path / "copy"), quality=95)
     assert report["statistics_images"] == 10 and report["unreadable_files"] == 8  # 4 broken per split
     assert report["copied"] == {"train": 10, "val": 10}
+    progress = capsys.readouterr().err  # a progress line with the ETA per pass
+    assert all(f"{what}: " in progress for what in ("statistics", "copy train", "copy val")) and "ETA" in progress
     # The streamed statistics equal the in-memory computation over the same decoded images.
     data = datasets.create_data(config.data, 2)
     images = np.stack([image for image, _, ok in data.train.examples(range(data.train.size)).as_numpy_iterator() if ok])

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from alexnet_jax import checkpoint as checkpoint_lib
-from alexnet_jax import networks, resume, sweep, train
+from alexnet_jax import datasets, networks, resume, sweep, train
 from alexnet_jax import workdir as workdir_lib
 from alexnet_jax.networks import layers
-from configs import ablations, paper, smoke
+from configs import ablations, default, paper, smoke
 from tests.helpers import assert_same_structure
 
 TINY = [
@@ -205,6 +205,31 @@ def test_training_error_by_epoch_and_the_first_epoch_at_25_percent():
     means = sweep.training_error_by_epoch(records)
     assert means == pytest.approx({1: 0.4, 2: 0.25, 3: 0.1})
     assert sweep.first_epoch_at_most(means, 0.25) == 2 and sweep.first_epoch_at_most(means, 0.05) is None
+
+
+def test_the_tanh_preset_starts_with_conv1_saturated_and_its_signal_fading(capsys):
+    """docs/ablations.md's account of the tanh row on the digits (configs/default.py): at initialisation
+    most of conv1's tanh units sit at +-1 (the 0-255 input times N(0, 0.01^2) weights gives
+    pre-activations far beyond tanh's linear range), and each later layer's small weights shrink the
+    signal, so fc8 reads inputs far smaller than the ReLU network's."""
+    digits = datasets.create_data(default.get_config().data, 10)
+    images = np.stack([digits.train.load(i)[0] for i in range(64)]).astype(np.float32)
+    crops = (images - digits.mean)[:, 4:68, 4:68]  # the centre 64 x 64
+    spread = {}
+    for name in ("baseline", "tanh"):
+        config = ablations.get_config(f"{name},default")
+        net = networks.from_config(config.model)
+        params = net.init(jax.random.key(0), crops[:1])["params"]
+        _, sown = net.apply({"params": params}, crops, mutable=["intermediates"])
+        sown = sown["intermediates"]
+        spread[name] = float(np.std(sown["fc7_out"][0]))
+        if name == "tanh":
+            saturated = float(np.mean(np.abs(sown["conv1_out"][0]) > 0.9))
+    with capsys.disabled():  # shown with -s: the figures docs/ablations.md quotes
+        ratio = spread["baseline"] / spread["tanh"]
+        print(f"tanh: conv1 saturated {saturated:.0%}; fc8's input spread, ReLU / tanh {ratio:.0f}x")
+    assert saturated > 0.5
+    assert spread["baseline"] / spread["tanh"] > 30
 
 
 def test_each_study_run_gets_the_network_its_preset_names(tmp_path, capsys, monkeypatch):
