@@ -341,8 +341,12 @@ def _is_damage(error: Exception) -> bool:
         return True
     if files.os_errno(error) in (errno.ENOENT, errno.ENOTDIR):
         return True
-    message = str(error)
-    return any(status in message for status in _DAMAGE_STATUSES) or "does not exist" in message
+    # The status may be only in the error Orbax wrapped ("Encountered error while reading array index
+    # ..." from an OUT_OF_RANGE of a data file cut short).
+    messages = [str(cause) for cause in files.causes(error)]
+    return any(status in message for message in messages for status in _DAMAGE_STATUSES) or any(
+        "does not exist" in message for message in messages
+    )
 
 
 def _agree(verdict: int) -> int:

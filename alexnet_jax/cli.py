@@ -173,9 +173,7 @@ def execute(main: Callable[[list[str]], None], argv: list[str], user_errors: tup
         with stopping.signals_interrupt():
             main(argv)
     except stopping.Interrupted as signal_name:
-        print(
-            f"stopped by {signal_name}; nothing was lost: rerun the same command to resume", file=sys.stderr, flush=True
-        )
+        print(stopping.stopped_line(str(signal_name)), file=sys.stderr, flush=True)
         sys.exit(0)
     except (UserError, ValueError, FileNotFoundError, *user_errors) as error:
         fail(str(error))

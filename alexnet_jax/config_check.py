@@ -32,6 +32,7 @@ _POSITIVE = (
     "model.pool_window",
     "model.fc_width",
     "model.pool_stride",
+    "model.lrn_k",  # LRN divides by (k + alpha * sum)^beta: k > 0 keeps that away from 0
 )
 _NON_NEGATIVE = (
     "optim.momentum",
@@ -42,6 +43,7 @@ _NON_NEGATIVE = (
     "schedule.max_cuts",
     "model.lrn_alpha",
     "model.lrn_beta",
+    "optim.bias_lr_multiplier",  # a negative one would climb the loss along the biases
 )
 # Half-open ranges [low, high) of fields whose meaning bounds them.
 _RANGES = {

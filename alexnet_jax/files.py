@@ -77,7 +77,8 @@ def read_jsonl(path: str, repair: bool = False) -> list[dict]:
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        lines = f.read().split("\n")
+        text = f.read()
+    lines = text.split("\n")
     records, last = [], max((i for i, line in enumerate(lines) if line.strip()), default=-1)
     for number, line in enumerate(lines[: last + 1], start=1):
         if not line.strip():
@@ -93,6 +94,10 @@ def read_jsonl(path: str, repair: bool = False) -> list[dict]:
             if repair:
                 log.warning("%s: dropped its last line, cut short by an earlier crash (%r)", path, line[:80])
                 write_atomically(path, lambda f: f.writelines(json.dumps(r) + "\n" for r in records))
+                return records
+    if repair and text.strip() and not text.endswith("\n"):
+        # A whole last record whose newline was never written: the next record appended would share its line.
+        write_atomically(path, lambda f: f.writelines(json.dumps(r) + "\n" for r in records))
     return records
 
 
@@ -145,8 +150,23 @@ def os_errno(error: BaseException) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def causes(error: BaseException) -> list[BaseException]:
+    """`error` and the errors it was raised from (`raise ... from`, or while handling), outermost first:
+    Orbax reports tensorstore's status only in the error it wraps."""
+    found = []
+    while error is not None and all(error is not seen for seen in found):
+        found.append(error)
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return found
+
+
 def is_os_fault(error: BaseException) -> bool:
-    """Whether `error` is a failure of the machine or the storage rather than of the bytes read."""
+    """Whether `error`, or an error it was raised from, is a failure of the machine or the storage
+    rather than of the bytes read."""
+    return any(_is_os_fault_alone(e) for e in causes(error))
+
+
+def _is_os_fault_alone(error: BaseException) -> bool:
     if isinstance(error, (MemoryError, TimeoutError, ConnectionError, PermissionError)):
         return True
     number = os_errno(error)
@@ -158,7 +178,7 @@ def is_os_fault(error: BaseException) -> bool:
 def describe(error: BaseException) -> str:
     """One line for a user: the operating system's words and the errno's name where there is one,
     else the first line of the error."""
-    number = os_errno(error)
+    number = next((n for n in map(os_errno, causes(error)) if n is not None), None)
     if number is not None and number in errno.errorcode:
         return f"{os.strerror(number)} ({errno.errorcode[number]})"
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

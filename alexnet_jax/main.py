@@ -13,7 +13,13 @@ from __future__ import annotations
 
 import json
 
-from alexnet_jax import cli  # first: quiets TensorFlow's start-up before anything imports it
+from alexnet_jax import stopping  # first of all: a signal during the imports below ends the run in one line
+
+if __name__ == "__main__":
+    stopping.stop_at_once()
+
+# isort: split
+from alexnet_jax import cli  # next: quiets TensorFlow's start-up before anything imports it
 
 # isort: split
 import jax

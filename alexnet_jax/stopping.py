@@ -9,26 +9,48 @@ data, restoring, compiling), while it trains, or during its final evaluation:
   is written whole or not at all, and checkpoints are committed atomically by Orbax), so the signal
   ends the run at once with `Interrupted`.
 
-Either way a rerun of the same command resumes.
+Either way a rerun of the same command resumes. Before any of that, while Python imports JAX and
+TensorFlow, `stop_at_once` ends the process with the same line (nothing has been read or written).
+
+This module imports nothing heavy (JAX only where several processes must agree), so that a command
+can hold the signals from its first line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
-
-import jax
-import numpy as np
-from jax.experimental import multihost_utils
+import sys
 
 log = logging.getLogger("alexnet_jax")
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class Interrupted(Exception):
-    """A signal ended the run outside the training loop; the workdir is resumable."""
+def stopped_line(signal_name: str) -> str:
+    """What a command prints when a signal stops it outside the training loop."""
+    return f"stopped by {signal_name}; nothing was lost: rerun the same command to resume"
+
+
+class Interrupted(BaseException):
+    """A signal ended the run outside the training loop; the workdir is resumable. A BaseException, as
+    KeyboardInterrupt is: no `except Exception` on the way (a checkpoint read, a decode) takes it for
+    a fault of its own."""
+
+
+def _stop_now(signum, frame):
+    del frame
+    print(stopped_line(signal.Signals(signum).name), file=sys.stderr, flush=True)
+    os._exit(0)
+
+
+def stop_at_once() -> None:
+    """SIGTERM and SIGINT end the process at once with the one line and exit code 0: for a command's
+    start-up (its imports), before `signals_interrupt` takes over."""
+    for number in SIGNALS:
+        signal.signal(number, _stop_now)
 
 
 def _raise(signum, frame):
@@ -87,6 +109,10 @@ class StopRequest:
         """Whether to save and stop after this step. With several processes, all must stop at the
         same step (the save is collective), and each may see the signal at another step: they agree
         at log steps, stopping when any of them was signalled."""
+        import jax  # here, not at the top: see the module's docstring
+        import numpy as np
+        from jax.experimental import multihost_utils
+
         if jax.process_count() == 1:
             return self.requested is not None
         if not at_log_step:

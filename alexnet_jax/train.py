@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
@@ -26,6 +27,7 @@ from jax.sharding import PartitionSpec as P
 
 from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import (
+    config_files,
     datasets,
     evaluate,
     files,
@@ -225,19 +227,36 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
     if final is None:
         raise FileNotFoundError(f"no checkpoint in {workdir}; train first: --mode=train --workdir={workdir}")
     best = best or final[:2]
-    # Evaluated under this config: it must describe the same network, input and data as the checkpoint's
-    # (the evaluation's own fields, such as eval.ten_crop, may differ).
+    # The newest checkpoint is evaluated under this config, which must describe the same network, input
+    # and data as the checkpoint's (the evaluation's own fields, such as eval.ten_crop, may differ). The
+    # best one may be older than a change the run accepted (train.allow_changes): it is evaluated with
+    # the network and input of its own config.
     _decide(setup, final[1], os.path.join(workdir, final[2], str(final[3])), workdir, doing="evaluate")
-    _decide(setup, best[1], os.path.join(workdir, "best", str(int(best[0].step))), workdir, doing="evaluate")
     result = {}
-    for name, restored in (("final_checkpoint", final), ("best_checkpoint", best)):
-        state = restored[0]
-        result[name] = {"step": int(state.step), **_evaluate_all(setup, state.params)}
+    for name, state, own in (
+        ("final_checkpoint", final[0], setup),
+        ("best_checkpoint", best[0], _setup_of(setup, best[1], final[1])),
+    ):
+        result[name] = {"step": int(state.step), **_evaluate_all(own, state.params)}
     log.info(
         "best_checkpoint was chosen by its error on this split, which biases that error downwards; "
         "final_checkpoint is the model the run ended with (the paper reports its final models)"
     )
     return result
+
+
+def _setup_of(setup: Setup, record: dict, newest: dict) -> Setup:
+    """`setup`, or, where a checkpoint's config differs from the newest checkpoint's in what an
+    evaluation computes, a setup of its own config with `setup`'s evaluation and mesh settings."""
+    own, reference = record.get("config"), newest.get("config")
+    if not own or not reference:
+        return setup
+    if not any(change.field in resume.EVALUATED for change in resume.changes(own, reference)):
+        return setup
+    config = config_files.upgrade(own)
+    with config.unlocked():
+        config.eval, config.parallel = setup.config.eval, setup.config.parallel
+    return build(config)
 
 
 def _take_lock(workdir: str) -> workdir_lib.Lock | None:
@@ -263,11 +282,20 @@ def _check_finite(state: steps.TrainState, workdir: str, saving: bool = False) -
     if step == 0 and saving and not bool(steps.all_finite(state.params)):
         step, what = int(state.step), "finite loss and gradients, but an update that overflowed the parameters"
     if step > 0:
-        raise NonFiniteError(
-            f"step {int(step)}: {what}; stopping. No update from that step on was applied, and the last good "
-            f"checkpoint in {workdir}/checkpoints is intact; lower optim.learning_rate or check the data, then rerun "
-            "to resume from it (the new rate applies from that step on)."
+        saved = any(
+            name.isdigit()
+            for kind in ("checkpoints", "best")
+            if os.path.isdir(os.path.join(workdir, kind))
+            for name in os.listdir(os.path.join(workdir, kind))
         )
+        kept = (
+            f"the last good checkpoint in {workdir}/checkpoints is intact; lower optim.learning_rate or check the "
+            "data, then rerun to resume from it (the new rate applies from that step on)."
+            if saved
+            else "no checkpoint had been written yet; lower optim.learning_rate or check the data, then rerun "
+            "(it starts from step 0)."
+        )
+        raise NonFiniteError(f"step {int(step)}: {what}; stopping. No update from that step on was applied, and {kept}")
 
 
 def _check_data(data: datasets.Data, workdir: str) -> None:
@@ -338,6 +366,20 @@ def _decide(setup: Setup, record: dict, where: str, workdir: str, doing: str = "
     return decision
 
 
+# Fields that reshape the step, cosine and constant schedules: changed on resume, they apply from the
+# resumed step on, the rate there staying what the run had reached (the cuts and the decay still to come).
+SCHEDULE_SHAPE = {"schedule.factor", "schedule.step_epochs", "train.num_epochs"}
+
+
+def _shape_ratio(setup: Setup, old_config: dict, step: int) -> float:
+    """The old schedule's factor at `step` over the new one's: what keeps the rate at `step` unchanged."""
+    old = ml_collections.ConfigDict(old_config)
+    epoch, new = _epoch(setup, step), setup.config
+    before = optim.scheduled_learning_rate(old.schedule, 1.0, epoch, old.train.num_epochs)
+    after = optim.scheduled_learning_rate(new.schedule, 1.0, epoch, new.train.num_epochs)
+    return before / after if before is not None and after else 1.0
+
+
 def _resume(setup: Setup, checkpoints: checkpoint_lib.Checkpoints, workdir: str) -> _Start:
     """The newest checkpoint's state (periodic or best), checked against this config, with the rerun's
     accepted changes applied; or a fresh state. Nothing is written before every check has passed."""
@@ -365,13 +407,9 @@ def _resume(setup: Setup, checkpoints: checkpoint_lib.Checkpoints, workdir: str)
         plateau = plateau.replace(learning_rate=float(config.optim.learning_rate), evals_without_improvement=0)
         shape = optim.scheduled_learning_rate(config.schedule, 1.0, _epoch(setup, step + 1), config.train.num_epochs)
         rate_scale = 1.0 / shape if shape else 1.0
+    elif {change.field for change in decision.take_effect} & SCHEDULE_SHAPE and record.get("config"):
+        rate_scale *= _shape_ratio(setup, record["config"], step + 1)
     log.info("resumed from step %d (%s)", int(state.step), os.path.join(workdir, kind, str(step)))
-    if decision.take_effect:
-        log.warning(
-            "resuming at step %d with changes that take effect from this step on: %s",
-            int(state.step),
-            "; ".join(map(str, decision.take_effect)),
-        )
     lowest_error = record.get("lowest_error", plateau.best_error)
     return _Start(state, plateau, rate_scale, lowest_error, decision)
 
@@ -413,6 +451,12 @@ def _train(setup: Setup, workdir: str, batches: Iterator[dict] | None, stop: sto
         final = _finished(setup, start, workdir)
         if final is not None:
             return final
+        if start.decision.take_effect:  # said only now: a finished run with changes stops in `_finished`
+            log.warning(
+                "resuming at step %d with changes that take effect from this step on: %s",
+                int(start.state.step),
+                "; ".join(map(str, start.decision.take_effect)),
+            )
         state, plateau, lowest_error = start.state, start.plateau, start.lowest_error
         start_step, total_steps = int(state.step), setup.total_steps
         identity = resume.data_identity(data)

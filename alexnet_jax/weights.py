@@ -316,7 +316,9 @@ def save(
         np.save(path, np.array(to_caffe_layout(params, model), dtype=object), allow_pickle=True)
     else:
         torch = _torch("writing .pth files")
-        state = {key: torch.from_numpy(value) for key, value in to_torch_layout(params, model, names=names).items()}
+        state = {
+            key: torch.from_numpy(np.array(value)) for key, value in to_torch_layout(params, model, names=names).items()
+        }
         torch.save(state, path)
 
 

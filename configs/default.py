@@ -11,6 +11,12 @@ No download, no GPU: the digits ship with scikit-learn. What changes from config
   moves each logit by ~0.01 x 4,096 x the batch's label-frequency error (~2 for 5 % in a
   10-class batch, ~10x that under momentum; ~100x less with ImageNet's 1,000 classes), and on the
   digits the held-out error stayed at chance for all 6-12 epochs tried. Caffe's values avoid it;
+- model.dropout_scaling "inverted" (kept units divided by 1 - rate in training, as Caffe and
+  PyTorch do) instead of the paper's (outputs halved at test time, section 4.2): the same test-time
+  function, but the paper's form trains fc7 and fc8 as if their initial weights were halved and
+  their learning rate quartered (docs/network.md), and on the digits the held-out error then stayed
+  at chance (92 %) through the first 12 epochs, past the plateau's first cut at epoch 10, where the
+  inverted form leaves chance by epoch ~8;
 - optim.batch_size 64 and 30 epochs (the set is small); the plateau schedule as in the paper,
   with evaluation every epoch and a patience of 8 evaluations (the error sits near chance for
   the first ~8 epochs, and a cut then would stall the run).
@@ -30,6 +36,7 @@ def get_config():
     config.model.image_size = 64
     config.model.num_classes = 10
     config.model.init_scheme = "caffe"
+    config.model.dropout_scaling = "inverted"  # trains within 30 epochs here (docstring)
     config.optim.batch_size = 64
     config.train.num_epochs = 30
     config.schedule.patience = 8

@@ -40,7 +40,7 @@ def get_config():
     config.model.num_classes = 4
     config.model.fc_width = 512
     config.model.init_scheme = "cuda-convnet"
-    config.model.dropout_scaling = "inverted"  # fits the data within six epochs (docstring)
+    config.model.dropout_scaling = "inverted"  # as default.py: fits the data within six epochs (docstring)
     config.schedule.patience = 2  # the paper's: the rate falls once the data are fit (docstring)
     config.optim.batch_size = 16
     config.eval.batch_size = 16

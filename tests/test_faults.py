@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import time
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -21,11 +22,11 @@ import pytest
 from PIL import Image
 
 from alexnet_jax import checkpoint as checkpoint_lib
-from alexnet_jax import datasets, loading, train
+from alexnet_jax import datasets, loading, stopping, train
 from alexnet_jax import main as main_lib
 from alexnet_jax import workdir as workdir_lib
 from configs import smoke
-from tests.helpers import assert_trees_equal, run_main_in_process
+from tests.helpers import assert_trees_equal, run_main_in_process, run_module
 
 # 16 steps of 16 images: evaluations after steps 8 and 16, checkpoints after 5, 10, 15 and 16.
 ARGS = ("--config=configs/smoke.py", "--config.parallel.data=1", "--config.eval.ten_crop=False")
@@ -133,9 +134,32 @@ def test_under_the_step_schedule_a_new_rate_is_the_rate_from_that_step_and_later
     assert rates[13] == pytest.approx(0.005)  # the cut at epoch 1.5, from the new rate
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        "--config.schedule.factor=0.5",
+        "--config.schedule.step_epochs=(0.25,1.5)",
+        "--config.schedule.step_epochs=(1.5,)",
+    ],
+)
+def test_a_changed_step_schedule_applies_to_the_cuts_still_to_come(tmp_path, capsys, change):
+    """Cuts by 10 at epochs 0.5 and 1.5; resumed at step 8 (the rate then 0.001) with another factor or
+    other cut epochs: the rate stays 0.001 from step 9, and only the cuts after it change."""
+    schedule = ("--config.schedule.kind=step", "--config.schedule.step_epochs=(0.5,1.5)")
+    assert main(capsys, tmp_path, ONE_EPOCH, *schedule)[0] == 0
+    rerun = (schedule[0], change) if "step_epochs" in change else (*schedule, change)  # each field given once
+    code, _, err = main(capsys, tmp_path, TWO_EPOCHS, *rerun)
+    assert code == 0 and "take effect from this step on" in err, err[-3000:]
+    rates = learning_rates(tmp_path)
+    assert rates[8] == pytest.approx(0.001) and rates[9] == pytest.approx(0.001) and rates[12] == pytest.approx(0.001)
+    assert rates[13] == pytest.approx(0.0005 if "factor" in change else 0.0001)  # the cut at epoch 1.5
+
+
 def test_a_finished_run_with_a_changed_config_stops(runs, capsys):
     before = snapshot(runs[0])
-    line = one_error_line(*main(capsys, runs[0], TWO_EPOCHS, "--config.optim.learning_rate=0.02"))
+    result = main(capsys, runs[0], TWO_EPOCHS, "--config.optim.learning_rate=0.02")
+    line = one_error_line(*result)
+    assert "take effect" not in result[2]  # no word of resuming with the change before the refusal
     assert "finished at step 16; these changes would have no effect on it: optim.learning_rate: 0.01 -> 0.02" in line
     assert "Raise train.num_epochs" in line and snapshot(runs[0]) == before
 
@@ -156,15 +180,25 @@ def test_a_change_that_makes_another_run_is_refused_and_writes_nothing(runs, cap
 
 def test_allow_changes_accepts_a_refused_change_from_the_resumed_step_on(runs, tmp_path, capsys):
     workdir = copy_of(runs[1], tmp_path)
-    code, _, err = main(
-        capsys,
-        workdir,
-        TWO_EPOCHS,
-        "--config.model.dropout_rate=0.3",
-        "--config.train.allow_changes=model.dropout_rate",
+    # A network that computes another function from step 8 on (LRN's k), and next to no update (rate 1e-9), so that
+    # the evaluation at step 16 does not improve on step 8's: the best checkpoint stays step 8's.
+    changed = (
+        "--config.model.lrn_k=5.0",
+        "--config.train.allow_changes=model.lrn_k",
+        "--config.optim.learning_rate=1e-9",
     )
-    assert code == 0 and "model.dropout_rate: 0.5 -> 0.3" in err
-    assert newest(workdir)[1]["config"]["model"]["dropout_rate"] == 0.3
+    code, _, err = main(capsys, workdir, TWO_EPOCHS, *changed)
+    assert code == 0 and "model.lrn_k: 2.0 -> 5.0" in err
+    assert newest(workdir)[1]["config"]["model"]["lrn_k"] == 5.0
+    # --mode=eval with the same command: the best checkpoint, from before the change, is evaluated with
+    # its own network, as the run evaluated it then; the final one with the new.
+    code, out, err = main(capsys, workdir, TWO_EPOCHS, *changed, "--mode=eval")
+    assert code == 0, err[-3000:]
+    evaluated = json.loads(out)
+    logged = {r["step"]: r for r in workdir_lib.read_metrics(str(workdir)) if r["kind"] in ("eval", "final")}
+    assert evaluated["best_checkpoint"]["step"] == 8 and evaluated["final_checkpoint"]["step"] == 16
+    assert evaluated["best_checkpoint"]["loss"] == pytest.approx(logged[8]["loss"], rel=1e-5)
+    assert evaluated["final_checkpoint"]["loss"] == pytest.approx(logged[16]["loss"], rel=1e-5)
 
 
 # --------------------------------------------------------------------- a run's identity and its files
@@ -313,11 +347,30 @@ def test_a_checkpoint_that_cannot_be_read_is_not_damage(runs, tmp_path, capsys, 
     assert_ends_as(workdir, runs[0])
 
 
-def test_a_damaged_checkpoint_is_moved_aside_and_the_one_before_resumes(runs, tmp_path, capsys):
-    workdir = copy_of(runs[1], tmp_path)
-    for path in (workdir / "checkpoints" / "8" / "state").rglob("*"):
+def overwrite_data_files(state):
+    for path in state.rglob("*"):
         if path.is_file() and path.parent.name == "d":
             path.write_bytes(b"overwritten")
+
+
+def cut_the_largest_data_file_short(state):
+    largest = max((p for p in state.rglob("*") if p.is_file() and p.parent.name == "d"), key=lambda p: p.stat().st_size)
+    os.truncate(largest, largest.stat().st_size // 2)  # a copy or a write that stopped half-way
+
+
+def garble_the_largest_data_file(state):
+    largest = max((p for p in state.rglob("*") if p.is_file() and p.parent.name == "d"), key=lambda p: p.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    data[len(data) // 4 : len(data) // 2] = os.urandom(len(data) // 2 - len(data) // 4)  # same size, other bytes
+    largest.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage", [overwrite_data_files, cut_the_largest_data_file_short, garble_the_largest_data_file]
+)
+def test_a_damaged_checkpoint_is_moved_aside_and_the_one_before_resumes(runs, tmp_path, capsys, damage):
+    workdir = copy_of(runs[1], tmp_path)
+    damage(workdir / "checkpoints" / "8" / "state")
     code, _, err = main(capsys, workdir, TWO_EPOCHS)
     assert (
         code == 0 and "is damaged" in err and "moved it to" in err and (workdir / "damaged" / "checkpoints-8").is_dir()
@@ -368,11 +421,25 @@ def test_a_file_system_without_locks_is_told_from_a_lock_held(runs, capsys, monk
         ("--config.optim.learning_rate=-0.01", "optim.learning_rate=-0.01 must be positive"),
         ("--config.optim.learning_rate=20.0", "optim.learning_rate=20.0 must be in [0, 10)"),
         ("--config.optim.momentum=1.0", "optim.momentum=1.0 must be in [0, 1)"),
+        ("--config.model.lrn_k=-2.0", "model.lrn_k=-2.0 must be positive"),
+        ("--config.optim.bias_lr_multiplier=-1.0", "optim.bias_lr_multiplier=-1.0 must not be negative"),
     ],
 )
 def test_numbers_that_cannot_train_are_refused_before_anything_is_written(tmp_path, capsys, override, message):
     line = one_error_line(*main(capsys, tmp_path / "run", override))
     assert message in line and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_the_command_imports_its_libraries_is_one_line(tmp_path, signal_number):
+    """The first second of `python -m alexnet_jax.main`: JAX and TensorFlow still loading."""
+    process = run_module("alexnet_jax.main", *ARGS, f"--workdir={tmp_path / 'run'}", wait=False)
+    time.sleep(0.5)
+    process.send_signal(signal_number)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0 and out == "", err[-3000:]
+    assert err.strip().splitlines() == [stopping.stopped_line(signal.Signals(signal_number).name)]
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("when", ["start-up", "training", "final evaluation"])

@@ -33,6 +33,15 @@ def test_a_cut_short_last_line_is_dropped_and_repaired_once(tmp_path, caplog):
     assert path.read_text() == '{"step": 1}\n{"step": 2}\n' and caplog.text.count("dropped its last line") == 1
 
 
+def test_a_whole_last_line_without_its_newline_gets_one_before_anything_is_appended(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}')  # the process died between the record and its newline
+    assert files.read_jsonl(str(path), repair=True) == [{"step": 1}, {"step": 2}]
+    with open(path, "a") as f:  # what the metrics writer does next
+        f.write('{"step": 3}\n')
+    assert files.read_jsonl(str(path)) == [{"step": 1}, {"step": 2}, {"step": 3}]
+
+
 def test_a_bad_line_elsewhere_names_the_file_and_the_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1}\n{"ste\n{"step": 3}\n')
