@@ -14,6 +14,22 @@ import pytest
 from tests.helpers import ROOT, cli_env, labels_with_hits
 
 
+def test_the_gpu_profile_runs_in_its_reduced_form():
+    """bench/gpu_profile.py on a CPU at 64 px (the device run is 224 px): the step's time by layer and
+    direction and by kernel, the busy share, the memory and the two ceilings, so that it cannot rot
+    between the sessions that have a GPU."""
+    command = [sys.executable, os.path.join(ROOT, "bench", "gpu_profile.py"), "--reduced", "--markdown"]
+    done = subprocess.run(command, cwd=ROOT, env=cli_env(devices=1), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "**Batch 8**" in out and "the device busy" in out and "memory: arguments" in out
+    assert "| layer | direction | µs per step | share |" in out and "| kernel | calls per step |" in out
+    layers = {
+        tuple(cell.strip() for cell in line.split("|")[1:3]) for line in out.splitlines() if line.startswith("| conv")
+    }
+    assert {("conv1", "forward"), ("conv1", "backward"), ("conv5", "forward")} <= layers
+
+
 def test_the_gpu_command_runs_in_its_reduced_form(tmp_path):
     """Every kind of row (the implementation choices, training, the prepared copy) on a CPU, in seconds."""
     out, table = tmp_path / "gpu.json", tmp_path / "BENCHMARKS.md"

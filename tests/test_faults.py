@@ -138,7 +138,6 @@ def test_under_the_step_schedule_a_new_rate_is_the_rate_from_that_step_and_later
     "change",
     [
         "--config.schedule.factor=0.5",
-        "--config.schedule.step_epochs=(0.25,1.5)",
         "--config.schedule.step_epochs=(1.5,)",
     ],
 )
