@@ -67,7 +67,8 @@ def flatten(config) -> dict:
 
 def test_the_default_changes_only_what_the_digits_need():
     """configs/default.py is the paper's recipe but for the data, the input size, the classes, the
-    initialisation, the batch, the length, the patience and how often it logs, saves and evaluates."""
+    initialisation, the dropout form, the batch, the length, the patience and how often it logs, saves and
+    evaluates."""
     changed = {key for key, value in flatten(default.get_config()).items() if flatten(paper.get_config())[key] != value}
     assert changed == {
         "data.source",
@@ -76,6 +77,7 @@ def test_the_default_changes_only_what_the_digits_need():
         "model.image_size",
         "model.num_classes",
         "model.init_scheme",
+        "model.dropout_scaling",
         "optim.batch_size",
         "train.num_epochs",
         "schedule.patience",
