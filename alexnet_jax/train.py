@@ -274,7 +274,9 @@ def _take_lock(workdir: str) -> workdir_lib.Lock | None:
     return lock
 
 
-def _check_finite(state: steps.TrainState, workdir: str, saving: bool = False) -> None:
+def _check_finite(
+    state: steps.TrainState, workdir: str, checkpoints: checkpoint_lib.Checkpoints, saving: bool = False
+) -> None:
     """Stops when the step refused a non-finite update (steps.TrainState.nonfinite), and, before a
     save, when any parameter is not finite: no checkpoint ever holds one."""
     step, loss, grad_norm = (float(v) for v in np.asarray(jax.device_get(state.nonfinite)))
@@ -282,12 +284,7 @@ def _check_finite(state: steps.TrainState, workdir: str, saving: bool = False) -
     if step == 0 and saving and not bool(steps.all_finite(state.params)):
         step, what = int(state.step), "finite loss and gradients, but an update that overflowed the parameters"
     if step > 0:
-        saved = any(
-            name.isdigit()
-            for kind in ("checkpoints", "best")
-            if os.path.isdir(os.path.join(workdir, kind))
-            for name in os.listdir(os.path.join(workdir, kind))
-        )
+        saved = any(checkpoints.steps().values())
         kept = (
             f"the last good checkpoint in {workdir}/checkpoints is intact; lower optim.learning_rate or check the "
             "data, then rerun to resume from it (the new rate applies from that step on)."
@@ -516,7 +513,7 @@ def _train(setup: Setup, workdir: str, batches: Iterator[dict] | None, stop: sto
             eval_step = due(step, setup.eval_every, total_steps)
             save_step = due(step, config.train.checkpoint_every_steps, total_steps) or stopping_now
             if log_step or eval_step or save_step:  # the one wait for the device, before anything is kept
-                _check_finite(state, workdir, saving=save_step or eval_step)
+                _check_finite(state, workdir, checkpoints, saving=save_step or eval_step)
                 _check_data(data, workdir)
             if log_step:
                 metrics = jax.device_get(metrics)

@@ -1,5 +1,6 @@
 """What several test modules share: command-line runs and tree comparisons."""
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -47,6 +48,22 @@ def run_main_in_process(capsys, *argv: str):
     code = main_lib.run_command_line(list(argv))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def snapshot(root, *, contents: bool = False, with_lock: bool = True) -> dict:
+    """Every file under `root` with its size and modification time, or (`contents`) a digest of its
+    bytes; `with_lock=False` leaves out a workdir's lock file, which every run rewrites with its pid."""
+    found = {}
+    for directory, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(directory, name)
+            if with_lock or name != workdir.LOCK_FILE:
+                if contents:
+                    with open(path, "rb") as f:
+                        found[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+                else:
+                    found[os.path.relpath(path, root)] = (os.path.getsize(path), os.path.getmtime(path))
+    return found
 
 
 def leaf_table(tree) -> dict:

@@ -106,14 +106,20 @@ def caffe_tensorflow_form(blobs):
     return out
 
 
+# The paper's convolution kernels as PyTorch and Caffe store them: (out, in / groups, kh, kw).
+PAPER_CONV_SHAPES = {
+    "conv1": (96, 3, 11, 11),
+    "conv2": (256, 48, 5, 5),
+    "conv3": (384, 256, 3, 3),
+    "conv4": (384, 192, 3, 3),
+    "conv5": (256, 192, 3, 3),
+}
+
+
 def random_caffe_blobs(rng, gain=1.0, num_classes=1000):
     """Random bvlc_alexnet blobs in Caffe's native shapes, He-scaled by `gain` so that the logits spread."""
     shapes = {
-        "conv1": (96, 3, 11, 11),
-        "conv2": (256, 48, 5, 5),
-        "conv3": (384, 256, 3, 3),
-        "conv4": (384, 192, 3, 3),
-        "conv5": (256, 192, 3, 3),
+        **PAPER_CONV_SHAPES,
         "fc6": (4096, 256 * 6 * 6),
         "fc7": (4096, 4096),
         "fc8": (num_classes, 4096),
@@ -154,13 +160,7 @@ def random_torch_weights(rng, num_classes=1000, pool5_side=6, std=0.01, variant=
     """Random weights in PyTorch layout: the paper network (grouped kernels (out, in/2, kh, kw))
     or torchvision's single tower."""
     if variant == "paper":
-        convs = {
-            "conv1": (96, 3, 11, 11),
-            "conv2": (256, 48, 5, 5),
-            "conv3": (384, 256, 3, 3),
-            "conv4": (384, 192, 3, 3),
-            "conv5": (256, 192, 3, 3),
-        }
+        convs = PAPER_CONV_SHAPES
     else:
         convs = {
             "conv1": (64, 3, 11, 11),

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import checkpoint as checkpoint_lib
+from tests.helpers import snapshot
 
 
 def state_of(step, size=6):
@@ -25,18 +26,6 @@ def save_steps(workdir, steps, keep=3):
     for step in steps:
         checkpoints.save(step, state_of(step), {"plateau": {}, "step": step})
     checkpoints.close()
-
-
-def snapshot(root):
-    """Every file under `root` with its size and modification time."""
-    return {
-        os.path.relpath(os.path.join(d, f), root): (
-            os.path.getsize(os.path.join(d, f)),
-            os.path.getmtime(os.path.join(d, f)),
-        )
-        for d, _, files in os.walk(root)
-        for f in files
-    }
 
 
 def test_damaged_checkpoint_is_moved_aside_and_the_run_goes_on(tmp_path, caplog):

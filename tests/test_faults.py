@@ -9,7 +9,6 @@ a file system without locks) are injected where the project calls Orbax or the o
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from alexnet_jax import datasets, loading, stopping, train
 from alexnet_jax import main as main_lib
 from alexnet_jax import workdir as workdir_lib
 from configs import smoke
+from tests import helpers
 from tests.helpers import assert_trees_equal, run_main_in_process, run_module
 
 # 16 steps of 16 images: evaluations after steps 8 and 16, checkpoints after 5, 10, 15 and 16.
@@ -55,14 +55,7 @@ def copy_of(source, tmp_path, name="run"):
 
 def snapshot(root) -> dict:
     """Every file under `root` (the lock file aside) and a digest of its bytes."""
-    found = {}
-    for directory, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(directory, name)
-            if name != workdir_lib.LOCK_FILE:
-                with open(path, "rb") as f:
-                    found[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-    return found
+    return helpers.snapshot(root, contents=True, with_lock=False)
 
 
 def one_error_line(code, out, err) -> str:

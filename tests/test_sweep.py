@@ -14,7 +14,7 @@ from alexnet_jax import datasets, networks, resume, sweep, train
 from alexnet_jax import workdir as workdir_lib
 from alexnet_jax.networks import layers
 from configs import ablations, default, paper, smoke
-from tests.helpers import assert_same_structure
+from tests.helpers import assert_same_structure, snapshot
 
 TINY = [
     "--config.train.num_epochs=1",
@@ -129,18 +129,6 @@ def test_effects_are_same_seed_differences_with_their_spread():
     text = sweep.report_markdown(results, list(rows.values()), "study")
     assert "| 3.3 | no local response normalisation | 3 | +2.00 ± 1.00 | +1.00 ± 0.50 |" in text
     assert "| 1.75 ± 0.35x |" in text
-
-
-def snapshot(root):
-    """Every file under `root` with its size and modification time."""
-    return {
-        os.path.relpath(os.path.join(d, f), root): (
-            os.path.getsize(os.path.join(d, f)),
-            os.path.getmtime(os.path.join(d, f)),
-        )
-        for d, _, files in os.walk(root)
-        for f in files
-    }
 
 
 def test_grid_runs_skip_finished_ones_and_tabulate(tmp_path, capsys, monkeypatch):

@@ -17,6 +17,7 @@ from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import train
 from alexnet_jax import workdir as workdir_lib
 from configs import smoke
+from tests import helpers
 from tests.helpers import assert_trees_equal, run_main_in_process, run_module
 
 # Six classes rather than the smoke config's four: of four classes the top 5 are always right, and
@@ -98,13 +99,7 @@ def test_rerunning_a_finished_run_changes_nothing(finished_run):
 
 def snapshot(root):
     """Every file under `root` (the lock file aside) with its size and modification time."""
-    found = {}
-    for directory, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(directory, name)
-            if name != workdir_lib.LOCK_FILE:
-                found[os.path.relpath(path, root)] = (os.path.getsize(path), os.path.getmtime(path))
-    return found
+    return helpers.snapshot(root, with_lock=False)
 
 
 def test_a_rerun_with_another_network_stops_and_touches_nothing(finished_run, capsys):
