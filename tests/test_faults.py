@@ -483,6 +483,10 @@ def test_no_checkpoint_holds_a_non_finite_parameter(runs):
     state = state.replace(
         params={**state.params, "fc8": {**state.params["fc8"], "bias": state.params["fc8"]["bias"] * np.inf}}
     )
-    with pytest.raises(train.NonFiniteError, match="an update that overflowed the parameters"):
-        train._check_finite(state, str(runs[1]), saving=True)
-    train._check_finite(state, str(runs[1]), saving=False)  # between saves, the loop does not look
+    checkpoints = checkpoint_lib.Checkpoints(str(runs[1]), read_only=True)
+    try:
+        with pytest.raises(train.NonFiniteError, match="an update that overflowed the parameters"):
+            train._check_finite(state, str(runs[1]), checkpoints, saving=True)
+        train._check_finite(state, str(runs[1]), checkpoints, saving=False)  # between saves, the loop does not look
+    finally:
+        checkpoints.close()
