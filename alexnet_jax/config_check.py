@@ -16,7 +16,7 @@ from alexnet_jax import networks, resume, statistics
 _CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     **networks.IMPLEMENTATION_FIELDS,
-    "data.source": ("tfds", "folder", "digits", "fake"),
+    "data.source": ("tfds", "folder", "records", "digits", "fake"),
     "data.normalisation": statistics.NORMALISATIONS,
     "schedule.kind": ("plateau", "step", "cosine", "constant"),
     "parallel.model": (1, 2),

@@ -13,6 +13,8 @@ Sources (config `data.source`):
           directories, no build step.
   tfds    `data.name` as built by tensorflow-datasets in `data.data_dir`, in the array_record
           format (random access; `tfds build NAME --file_format=array_record`).
+  records `data.data_dir` as `prepare --format=records` writes it: fixed-size uint8 records that
+          training reads without decoding (records.py).
 
 Image files are read and decoded as image_files.py says: by TensorFlow inside the tf.data graph,
 in parallel on every core, with Python and PIL for what TensorFlow rejects; a file that cannot be
@@ -38,7 +40,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from alexnet_jax import files, preprocess
+from alexnet_jax import files, preprocess, records
 from alexnet_jax.image_files import (  # noqa: F401 (decode_rgb, IMAGE_EXTENSIONS: the tools read files too)
     IMAGE_EXTENSIONS,
     UnreadableFiles,
@@ -50,7 +52,7 @@ from alexnet_jax.image_files import (  # noqa: F401 (decode_rgb, IMAGE_EXTENSION
 )
 from alexnet_jax.statistics import read_statistics, rgb_statistics
 
-PREPARED_FILE = "prepared.json"
+PREPARED_FILE = records.PREPARED_FILE
 # ILSVRC-2012's classes in label order with their WordNet lemmas (the list that tensorflow-datasets
 # ships for ImageNet models, Apache 2.0), so that predictions read "tabby, tabby cat", not "n02123045".
 IMAGENET_CLASSES_FILE = os.path.join(os.path.dirname(__file__), "imagenet_classes.tsv")
@@ -71,13 +73,16 @@ class Source:
     (uint8 (S, S, 3) at the resize size S), `label` (int32) and `ok` (False for a file that could
     not be read; its image is then zeros) added. `attach_window(ds, side)`, where a source has it,
     does the same for dicts that also hold a crop's `top` and `left`, and gives only that
-    `side` x `side` window, decoding no more of the file than it needs. `may_fail` says whether
-    `ok` can be False at all.
+    `side` x `side` window, decoding no more of the file than it needs. `read_batch(ds, side)`,
+    where a source has it, takes batches instead (each key (B,)) and gives (B, side, side, 3)
+    windows, or whole images for side None: a source that reads a batch at a time is faster so.
+    `may_fail` says whether `ok` can be False at all.
     """
 
     size: int
     attach: Callable[[tf.data.Dataset], tf.data.Dataset]
     attach_window: Callable[[tf.data.Dataset, int], tf.data.Dataset] | None = None
+    read_batch: Callable[[tf.data.Dataset, int | None], tf.data.Dataset] | None = None
     may_fail: bool = False
 
     def examples(self, indices) -> tf.data.Dataset:
@@ -259,7 +264,12 @@ def _prepared_size(root: str) -> int | None:
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        return int(json.load(f)["resize_size"])
+        prepared = json.load(f)
+    if prepared.get("format") == records.FORMAT:
+        raise ValueError(
+            f"{root} holds records written by `prepare --format=records`: set --config.data.source=records"
+        )
+    return int(prepared["resize_size"])
 
 
 def load_folder(data_config) -> Data:
@@ -269,6 +279,7 @@ def load_folder(data_config) -> Data:
     eval_split = data_config.eval_split
     if eval_split == "validation" and not os.path.isdir(os.path.join(root, eval_split)):
         eval_split = "val"  # the tfds name is the config default; folders usually say val
+    prepared = _prepared_size(root) if root else None
     if not root or not os.path.isdir(train_dir):
         raise FileNotFoundError(
             f"image folder {root!r} has no {data_config.train_split}/ directory: expected "
@@ -278,7 +289,6 @@ def load_folder(data_config) -> Data:
     classes = sorted(d for d in os.listdir(train_dir) if not is_hidden(d) and os.path.isdir(os.path.join(train_dir, d)))
     classes = selected_classes(classes, data_config.get("classes", ""))
     resize = data_config.resize_size
-    prepared = _prepared_size(root)
     if prepared is not None and prepared != resize:
         raise ValueError(f"{root} was prepared at {prepared} x {prepared}; set --config.data.resize_size={prepared}")
     unreadable = UnreadableFiles()
@@ -288,6 +298,45 @@ def load_folder(data_config) -> Data:
     else:
         train, evaluation = (_files_source(*split, resize, unreadable) for split in splits)
     mean, scale, axes = read_statistics(root, resize)
+    return Data(train, evaluation, len(classes), tuple(classes), mean, scale, axes, unreadable)
+
+
+_RECORDS_PER_READ = 64  # records read per call when a tool reads one example at a time (attach)
+
+
+def _records_source(file: records.RecordFile, unreadable: UnreadableFiles) -> Source:
+    """A split of a records directory: windows copied out of fixed-size records, a batch per call."""
+    label_table, side = tf.constant(file.labels), file.side
+
+    def read_batch(ds, crop):
+        def read(e):
+            top = e["top"] if crop else tf.zeros_like(e["index"], tf.int32)
+            left = e["left"] if crop else top
+            size = crop or side
+            images, ok = tf.numpy_function(
+                lambda index, top, left: file.read(index, top, left, size, unreadable),
+                [e["index"], top, left],
+                (tf.uint8, tf.bool),
+                stateful=False,
+            )
+            images, ok = tf.ensure_shape(images, [None, size, size, 3]), tf.ensure_shape(ok, [None])
+            return {**e, "image": images, "label": tf.gather(label_table, e["index"]), "ok": ok}
+
+        return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def attach(ds):
+        return read_batch(ds.batch(_RECORDS_PER_READ), None).unbatch()
+
+    return Source(size=file.count, attach=attach, read_batch=read_batch, may_fail=True)
+
+
+def load_records(data_config) -> Data:
+    """A directory of records (`records.py`): both splits, their labels and the statistics."""
+    root = data_config.data_dir
+    classes, splits = records.open_splits(root, data_config.resize_size)
+    unreadable = UnreadableFiles()
+    train, evaluation = (_records_source(split, unreadable) for split in splits)
+    mean, scale, axes = read_statistics(root, data_config.resize_size)
     return Data(train, evaluation, len(classes), tuple(classes), mean, scale, axes, unreadable)
 
 
@@ -368,8 +417,12 @@ def create_data(data_config, num_classes: int) -> Data:
         data = load_folder(data_config)
     elif data_config.source == "tfds":
         data = load_tfds(data_config)
+    elif data_config.source == "records":
+        data = load_records(data_config)
     else:
-        raise ValueError(f"data.source={data_config.source!r} is not one of 'tfds', 'folder', 'digits', 'fake'")
+        raise ValueError(
+            f"data.source={data_config.source!r} is not one of 'tfds', 'folder', 'records', 'digits', 'fake'"
+        )
     if data.num_classes != num_classes:
         raise ValueError(
             f"data source {data_config.source!r} has {data.num_classes} classes but model.num_classes={num_classes}; "

@@ -124,6 +124,8 @@ def evaluate_network(network: loading.Network, *, batch_size: int | None = None,
 def _describe_data(data_config) -> str:
     if data_config.source == "folder":
         return f"folder {data_config.data_dir} ({data_config.eval_split})"
+    if data_config.source == "records":
+        return f"records {data_config.data_dir} (val)"
     if data_config.source == "tfds":
         return f"tfds {data_config.name} ({data_config.eval_split})"
     return f"{data_config.source}" + (f" classes {data_config.classes}" if data_config.get("classes") else "")

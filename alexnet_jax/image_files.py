@@ -118,14 +118,36 @@ def tf_rgb(encoded: tf.Tensor) -> tf.Tensor:
     return tf.ensure_shape(tf.cond(tf.equal(channels % 2, 0), over_white, lambda: colour), [None, None, 3])
 
 
-def _first_that_works(ds: tf.data.Dataset, fast, slow) -> tf.data.Dataset:
-    """Each element through `fast` (TensorFlow ops), or through `slow` where `fast` raises."""
+_GROUP = 32  # elements `_first_that_works` tries at once
 
-    def one(element):
+
+def _first_that_works(ds: tf.data.Dataset, fast, slow, grouped: bool = False) -> tf.data.Dataset:
+    """Each element through `fast` (TensorFlow ops), or through `slow` where `fast` raises.
+
+    A graph cannot catch an op's error; a dataset that drops the failed attempt can, at the cost of
+    building two small datasets. `grouped` (for outputs of one shape) pays that once per group of
+    elements instead of once per element: a group that `fast` gets through whole passes in one go,
+    and only a group with a failure is redone element by element."""
+
+    def each(element):
         tried = tf.data.Dataset.from_tensors(element).map(fast).ignore_errors()
         return tried.concatenate(tf.data.Dataset.from_tensors(element).map(slow)).take(1)
 
-    return ds.interleave(one, cycle_length=16, block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if not grouped:
+        return ds.interleave(
+            each, cycle_length=16, block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
+    spec = ds.map(fast).element_spec
+
+    def group(elements):
+        whole = tf.data.Dataset.from_tensors(elements).map(lambda g: tf.map_fn(fast, g, fn_output_signature=spec))
+        one_by_one = tf.data.Dataset.from_tensors(elements).unbatch().flat_map(each).batch(_GROUP)
+        return whole.ignore_errors().concatenate(one_by_one).take(1)
+
+    grouped_ds = ds.batch(_GROUP).interleave(
+        group, cycle_length=4, block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    return grouped_ds.unbatch()
 
 
 def robust_decode(ds: tf.data.Dataset, resize: int, unreadable: UnreadableFiles) -> tf.data.Dataset:
@@ -191,5 +213,5 @@ def robust_prepared(ds: tf.data.Dataset, resize: int, side: int | None, unreadab
         image, ok = tf.numpy_function(decode, [e["name"], *corner], (tf.uint8, tf.bool))
         return {**e, "image": tf.ensure_shape(image, [out, out, 3]), "ok": tf.reshape(ok, [])}
 
-    decoded = _first_that_works(ds, by_tf, by_python)
+    decoded = _first_that_works(ds, by_tf, by_python, grouped=True)
     return decoded.map(lambda e: {k: v for k, v in e.items() if k != "name"})

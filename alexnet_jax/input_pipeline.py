@@ -2,13 +2,15 @@
 
 The order of each epoch and every example's augmentation are drawn from (seed, epoch, position),
 which makes a run repeatable, lets it resume at any step, and gives each host a disjoint slice of
-every batch. Batches carry uint8 pixels: the float conversion, the mean image, the colour shift
-and the test-time crops happen on the device (steps.py), and the host ships a quarter of the bytes.
+every batch. Batches carry uint8 pixels: the float conversion, the mean image, the colour shift,
+the reflection and the test-time crops happen on the device (steps.py), and the host ships a
+quarter of the bytes and copies each patch once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 
 import jax
 import numpy as np
@@ -30,10 +32,11 @@ def train_batches(
 ) -> Iterator[dict]:
     """Endless training batches (this host's slice) from step `start_step` on.
 
-    A batch holds uint8 `images` (B, crop, crop, 3), cropped and mirrored; int32 `labels`; each
-    image's `window` (top, left, mirrored) in the resized image; and its PCA `lighting` offset.
-    `steps.normalise_images` turns them into the network's input on the device: float, minus
-    the same window of the mean image, plus the offset (`normalise` below does it on the host).
+    A batch holds uint8 `images` (B, crop, crop, 3), each the patch as cut from the resized image;
+    int32 `labels`; each patch's `window` (top, left, mirrored) in the resized image; and its PCA
+    `lighting` offset. `steps.normalise_images` turns them into the network's input on the device:
+    float, minus the same window of the mean image, plus the offset, reflected where `window` says
+    (`normalise` below does it on the host).
 
     The order of epoch e is a permutation drawn from (seed, e); the last partial batch of an epoch
     is dropped, as each epoch is a fresh permutation. Each image's patch, reflection and colour
@@ -63,18 +66,26 @@ def train_batches(
             lighting = tf.zeros([3])
         return {"index": element["index"], "top": top, "left": left, "mirror": mirror, "lighting": lighting}
 
-    def finish(e):
+    def finish(e):  # one example, or a batch of them (from a source that reads batches)
         image = e["image"]
-        if source.attach_window is None:
+        if source.attach_window is None and source.read_batch is None:
             image = image[e["top"] : e["top"] + crop, e["left"] : e["left"] + crop, :]
-        window = tf.stack([e["top"], e["left"], tf.cast(e["mirror"], tf.int32)])
+        window = tf.stack([e["top"], e["left"], tf.cast(e["mirror"], tf.int32)], axis=-1)
         return {
-            "images": preprocess.mirror_if(image, e["mirror"]),
+            "images": image,
             "labels": e["label"],
             "window": window,
             "lighting": e["lighting"],
             "weight": tf.cast(e["ok"], tf.float32),
         }
+
+    def examples(ds, local: int):  # batches of `local` augmented examples at `ds`'s indices
+        ds = ds.map(augmentation, num_parallel_calls=tf.data.AUTOTUNE)
+        if source.read_batch is not None:
+            ds = source.read_batch(ds.batch(local, drop_remainder=True), crop)
+            return ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = source.attach(ds) if source.attach_window is None else source.attach_window(ds, crop)
+        return ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE).batch(local, drop_remainder=True)
 
     epoch, first = divmod(start_step, steps_per_epoch)
     step = start_step
@@ -83,15 +94,30 @@ def train_batches(
         positions, local = _host_positions(steps_per_epoch * global_batch, global_batch)
         positions = positions[first * local :]
         ds = tf.data.Dataset.from_tensor_slices({"index": order[positions], "position": epoch * n + positions})
-        ds = ds.map(augmentation, num_parallel_calls=tf.data.AUTOTUNE)
-        ds = source.attach(ds) if source.attach_window is None else source.attach_window(ds, crop)
-        ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
-        for batch in ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+        for batch in examples(ds, local).prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
             step += 1
             if not batch["weight"].any():
                 data.unreadable.lose_batch(step)
             yield batch
         epoch, first = epoch + 1, 0
+
+
+class Waited:
+    """An iterator's items, with the seconds spent waiting for them: a training loop that waits for
+    its batches is bound by its input pipeline (the training log reports the share)."""
+
+    def __init__(self, items: Iterable):
+        self._items, self.seconds = iter(items), 0.0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        start = time.perf_counter()
+        try:
+            return next(self._items)
+        finally:
+            self.seconds += time.perf_counter() - start
 
 
 def normalise(batch: dict, normalisation) -> np.ndarray:
@@ -105,12 +131,13 @@ def normalise(batch: dict, normalisation) -> np.ndarray:
     images = batch["images"].astype(np.float32)
     if mean is not None and mean.ndim == 3:
         side = images.shape[1]
-        for i, (top, left, mirrored) in enumerate(batch["window"]):
-            patch = mean[top : top + side, left : left + side]
-            images[i] -= patch[:, ::-1] if mirrored else patch
+        for i, (top, left, _) in enumerate(batch["window"]):
+            images[i] -= mean[top : top + side, left : left + side]
     elif mean is not None:
         images -= mean
     images = images + batch["lighting"][:, None, None, :]
+    mirrored = batch["window"][:, 2] > 0
+    images[mirrored] = images[mirrored, :, ::-1]
     return images if scale is None else images * scale
 
 
@@ -124,8 +151,12 @@ def eval_batches(data: datasets.Data, *, global_batch: int) -> Iterator[dict]:
     n = data.eval.size
     positions, local = _host_positions(-(-n // global_batch) * global_batch, global_batch)
     ds = tf.data.Dataset.from_tensor_slices({"index": np.where(positions < n, positions, 0), "real": positions < n})
-    ds = data.eval.attach(ds).map(
-        lambda e: {"images": e["image"], "labels": e["label"], "mask": tf.cast(e["real"] & e["ok"], tf.float32)},
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    yield from ds.batch(local).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+    def finish(e):  # one example, or a batch of them
+        return {"images": e["image"], "labels": e["label"], "mask": tf.cast(e["real"] & e["ok"], tf.float32)}
+
+    if data.eval.read_batch is not None:
+        ds = data.eval.read_batch(ds.batch(local), None).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = data.eval.attach(ds).map(finish, num_parallel_calls=tf.data.AUTOTUNE).batch(local)
+    yield from ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()

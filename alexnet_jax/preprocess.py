@@ -41,11 +41,6 @@ def random_window(size: int | tf.Tensor, crop: int, seed: tf.Tensor) -> tuple[tf
     return top, left, tf.random.stateless_uniform([], seeds[2]) < 0.5
 
 
-def mirror_if(image: tf.Tensor, mirror: tf.Tensor) -> tf.Tensor:
-    """The horizontal reflection of an (H, W, C) image when `mirror` is true."""
-    return tf.cond(mirror, lambda: tf.reverse(image, axis=[1]), lambda: image)
-
-
 def pca_offset(scale: np.ndarray, axes: np.ndarray, std: float, seed: tf.Tensor) -> tf.Tensor:
     """Section 4.1's colour shift `[p1 p2 p3] [a1 l1, a2 l2, a3 l3]^T`, a_i ~ N(0, std^2): an RGB 3-vector.
 

@@ -99,14 +99,15 @@ def as_normalisation(normalisation) -> statistics.Normalisation:
 
 
 def normalise_images(batch: dict, normalisation) -> jax.Array:
-    """Training images as the network takes them: float, normalised, colour-shifted.
+    """Training images as the network takes them: float, normalised, colour-shifted, mirrored.
 
-    The input pipeline sends uint8 crops (already mirrored) with each one's `window` (top, left,
-    mirrored) in the resized image and its PCA `lighting` offset (0-255 scale). With `normalisation`
-    (a `statistics.Normalisation`, or a mean image or pixel as `as_normalisation` reads it), the
-    network gets `(x + lighting - offset) * scale`. A mean image's window follows the
-    crop (mirrored likewise): cuda-convnet2 subtracted the mean's centre window from every crop
-    instead. A batch of float `images` alone (no `window`) is taken as already normalised.
+    The input pipeline sends each uint8 crop as it lies in the resized image (a strided copy on the
+    host), with its `window` (top, left, mirrored) and its PCA `lighting` offset (0-255 scale). With
+    `normalisation` (a `statistics.Normalisation`, or a mean image or pixel as `as_normalisation`
+    reads it), the network gets `(x + lighting - offset) * scale`, reflected where the window says
+    so: the reflection is a gather here, where a host would copy each pixel. A mean image's window
+    is the crop's own (cuda-convnet2 subtracted the mean's centre window from every crop instead).
+    A batch of float `images` alone (no `window`) is taken as already normalised.
     """
     images = batch["images"].astype(jnp.float32)
     if "window" not in batch:
@@ -116,13 +117,14 @@ def normalise_images(batch: dict, normalisation) -> jax.Array:
         side = images.shape[1]
 
         def mean_window(window):
-            patch = lax.dynamic_slice(jnp.asarray(norm.offset), (window[0], window[1], 0), (side, side, 3))
-            return jnp.where(window[2] > 0, patch[:, ::-1], patch)
+            return lax.dynamic_slice(jnp.asarray(norm.offset), (window[0], window[1], 0), (side, side, 3))
 
         images = images - jax.vmap(mean_window)(batch["window"])
     elif norm.offset is not None:
         images = images - jnp.asarray(norm.offset)
     images = images + batch["lighting"][:, None, None, :]  # (x + shift - offset): the shift is in pixel units
+    mirrored = batch["window"][:, 2, None, None, None] > 0
+    images = jnp.where(mirrored, images[:, :, ::-1], images)
     return images if norm.scale is None else images * jnp.asarray(norm.scale)
 
 

@@ -34,6 +34,17 @@ def stopped_line(signal_name: str) -> str:
     return f"stopped by {signal_name}; nothing was lost: rerun the same command to resume"
 
 
+@contextlib.contextmanager
+def held():
+    """SIGTERM and SIGINT wait until the block is done (then act as they would have): for bookkeeping
+    that must not stop half-way."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 class Interrupted(BaseException):
     """A signal ended the run outside the training loop; the workdir is resumable. A BaseException, as
     KeyboardInterrupt is: no `except Exception` on the way (a checkpoint read, a decode) takes it for

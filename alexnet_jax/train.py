@@ -67,12 +67,15 @@ def due(step: int, every: int, last_step: int) -> bool:
     return step == last_step or (every > 0 and step % every == 0)
 
 
-def progress_line(step: int, total: int, metrics: dict, images_per_second: float, eta_seconds: float) -> str:
-    """`step 120/2000 [##........] 6% loss 2.103 acc 0.305 lr 0.01 812 img/s ETA 4m10s`."""
+def progress_line(
+    step: int, total: int, metrics: dict, images_per_second: float, eta_seconds: float, data_wait: float
+) -> str:
+    """`step 120/2000 [##........] 6% loss 2.103 acc 0.305 lr 0.01 812 img/s data wait 0% ETA 4m10s`:
+    `data_wait` is the share of the time the loop waited for the input pipeline's batches."""
     return (
         f"step {step}/{total} {progress.bar(step, total)} {100 * step / total:3.0f}% "
         f"loss {metrics['loss']:.4f} acc {metrics['accuracy']:.3f} lr {metrics['learning_rate']:.3g} "
-        f"{images_per_second:,.0f} img/s ETA {progress.format_duration(eta_seconds)}"
+        f"{images_per_second:,.0f} img/s data wait {100 * data_wait:.0f}% ETA {progress.format_duration(eta_seconds)}"
     )
 
 
@@ -472,7 +475,8 @@ def _train(setup: Setup, workdir: str, batches: Iterator[dict] | None, stop: sto
                 start_step=start_step,
                 seed=config.seed,
             )
-        batches = parallel.prefetch_to_device(batches, mesh)
+        waited = input_pipeline.Waited(batches)
+        batches = parallel.prefetch_to_device(waited, mesh)
         if jax.process_index() == 0:
             log.info(
                 "training %d steps (%d per epoch, batch %d%s) on mesh %s; %d train / %d eval examples",
@@ -497,6 +501,7 @@ def _train(setup: Setup, workdir: str, batches: Iterator[dict] | None, stop: sto
             }
 
         timer_start, timer_step, reported_unreadable, rate_on_device = time.time(), start_step, 0, None
+        timer_waited = 0.0
         last_evaluation = None  # (step, centre-crop result): the last step's is the final one's too
         stop.training(True)
         for step in range(start_step + 1, total_steps + 1):
@@ -520,8 +525,9 @@ def _train(setup: Setup, workdir: str, batches: Iterator[dict] | None, stop: sto
                 elapsed = time.time() - timer_start
                 speed = (step - timer_step) * config.optim.batch_size / max(elapsed, 1e-9)
                 eta = (total_steps - step) * elapsed / max(step - timer_step, 1)
+                waiting = min((waited.seconds - timer_waited) / max(elapsed, 1e-9), 1.0)
                 if jax.process_index() == 0:
-                    log.info(progress_line(step, total_steps, metrics, speed, eta))
+                    log.info(progress_line(step, total_steps, metrics, speed, eta, waiting))
                     if data.unreadable.count > reported_unreadable:
                         reported_unreadable = data.unreadable.count
                         log.warning(
@@ -532,10 +538,11 @@ def _train(setup: Setup, workdir: str, batches: Iterator[dict] | None, stop: sto
                 progress_record = {
                     "epoch": step / setup.steps_per_epoch,
                     "images_per_second": speed,
+                    "data_wait_fraction": waiting,
                     "unreadable_files": data.unreadable.count,
                 }
                 writer.write(step, "train", {**metrics, **progress_record})
-                timer_start, timer_step = time.time(), step
+                timer_start, timer_step, timer_waited = time.time(), step, waited.seconds
             if eval_step:
                 result = _evaluate(setup, state.params, "centre")
                 error = result["top1_error"]

@@ -11,8 +11,9 @@ Rows (each JAX row in a fresh process, so that its compile time and peak memory 
                (3 x 2 x 724.4 M multiply-adds per image) and its fraction of the card's dense peak
                (bfloat16: 989 TFLOP/s; float32, which XLA runs as TF32 on tensor cores: 494) and of
                a large matrix product measured in the same run;
-  prepared     the same step fed by the input pipeline from a prepared 256 x 256 JPEG copy made on
-               the spot, when TensorFlow is installed (the pipeline's rate bounds the step's);
+  prepared     the same step fed by the input pipeline from 256 x 256 records (docs/data.md) of
+               made-up images written by `prepare` on the spot, when TensorFlow is installed (the
+               pipeline's rate, on this machine's cores, bounds the step's);
   choice       first: "auto", then one implementation choice changed from it (pool_gradient,
                lrn_gradient, grouped_conv, parallel.micro_batch), at the largest batch, first dtype;
                a change 3 % faster or more is then used in every other row (their `change` column);
@@ -118,27 +119,25 @@ def _prepared_data(root: str, classes: int):
     from configs import paper
 
     config = paper.get_config()
-    config.data.source, config.data.data_dir, config.data.eval_split = "folder", root, "val"
+    config.data.source, config.data.data_dir = "records", root
     return datasets.create_data(config.data, classes)
 
 
 def _make_prepared_copy(root: str, images: int, classes: int) -> None:
-    """A prepared 256 x 256 copy (as `prepare --copy_to` writes it) of made-up ImageNet-sized JPEGs."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, count in (("train", max(images, classes)), ("val", classes)):
-        for i in range(count):
-            directory = os.path.join(root, split, f"c{i % classes:04d}")
-            os.makedirs(directory, exist_ok=True)
-            coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((256, 256), Image.BICUBIC)
-            noisy = np.asarray(coarse, np.int16) + rng.integers(-12, 13, (256, 256, 3))
-            Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(
-                os.path.join(directory, f"{i}.jpg"), quality=90
-            )
-    with open(os.path.join(root, "prepared.json"), "w") as f:
-        json.dump({"resize_size": 256}, f)
+    """256 x 256 records of made-up images, written by `prepare --copy_to --format=records` (in a
+    child: this process imports no TensorFlow)."""
+    flags = [
+        "--config=configs/smoke.py",
+        f"--config.data.fake_train_size={max(images, classes)}",
+        f"--config.data.fake_eval_size={classes}",
+        f"--config.data.fake_num_classes={classes}",
+        f"--config.model.num_classes={classes}",
+        "--config.data.resize_size=256",
+        f"--copy_to={root}",
+        "--format=records",
+    ]
+    root_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-m", "alexnet_jax.prepare", *flags], cwd=root_dir, check=True, capture_output=True)
 
 
 def _matmul_tflops(dtype: str, side: int) -> float:

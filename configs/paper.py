@@ -45,7 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
     model.lrn_gradient = "auto"  # "custom" (hand-written) | "autodiff".
 
     config.data = data = ml_collections.ConfigDict()
-    data.source = "tfds"  # "tfds" | "folder" | "digits" | "fake".
+    data.source = "tfds"  # "tfds" | "folder" | "records" | "digits" | "fake".
     data.name = "imagenet2012"  # tfds dataset name (sec. 2: ILSVRC-2012).
     data.data_dir = ""  # tfds data_dir or image-folder root; "" = tfds default.
     data.train_split = "train"

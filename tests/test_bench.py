@@ -144,3 +144,37 @@ def test_the_pytorch_network_computes_ours(bench):
     theirs.train()
     assert any(not torch.equal(a, b) for a, b in zip(before, theirs.net.parameters()))
     assert tuple(theirs.eval().shape) == (3, 5)
+
+
+def test_the_input_pipeline_benchmark_measures_each_format_and_scales_it(tmp_path):
+    """bench/input_pipeline.py's pieces in this process at a few images: JPEGs of real photos, both
+    copies prepare writes, repeated; the training and evaluation rates with the transfer to the
+    device; and the epoch estimates, which follow from the rates as the docstring says."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_input_pipeline", os.path.join(ROOT, "bench", "input_pipeline.py")
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    raw = str(tmp_path / "raw")
+    bench.make_jpegs(raw, 16)
+    rows = []
+    for file_format in ("records", "jpeg"):
+        copy = str(tmp_path / file_format)
+        bench.make_copy(raw, copy, file_format)
+        bench.repeat_copy(copy, 3)
+        with open(os.path.join(copy, "prepared.json")) as f:
+            assert json.load(f)["train"] == 48
+        for pipeline in ("train", "eval"):
+            rate = bench.measure_ours(copy, batch=8, repeats=1, evaluation=pipeline == "eval")
+            assert rate > 0
+            rows.append({"source": bench.SOURCES[file_format], "cores": 2, "pipeline": pipeline, "per_core": rate / 2})
+    sizes = {"records": 256 * 256 * 3, "jpeg": bench.bytes_per_image(str(tmp_path / "jpeg"))}
+    assert 5_000 < sizes["jpeg"] < 256 * 256 * 3  # a real photo's detail, compressed
+    estimates = bench.epoch_estimates(rows, sizes, [25_000.0], host_cores=16)
+    assert [e["source"] for e in estimates["rows"]] == ["records 256x256", "JPEG copy 256x256"]
+    for e in estimates["rows"]:
+        assert e["cores_for_60k"] == int(np.ceil(60_000 / e["per_core"]))
+        assert e["epoch_minutes"] == pytest.approx(1_281_167 / min(16 * e["per_core"], 25_000) / 60)
+        assert e["paper_hours"] == pytest.approx(90 * e["epoch_minutes"] / 60)
+    assert estimates["rows"][0]["storage_gb_per_s"] == pytest.approx(estimates["rows"][0]["rate"] * 224 * 256 * 3 / 1e9)
+    assert estimates["markdown"].count("\n") == 3

@@ -138,8 +138,7 @@ def test_a_prepared_copy_with_a_broken_file_keeps_every_other_examples_place(tmp
     data = datasets.create_data(folder_config(tmp_path / "raw"), 2)
     from alexnet_jax import prepare
 
-    prepare.write_copy(data, str(tmp_path / "copy"), 90)
-    (tmp_path / "copy" / "prepared.json").write_text('{"resize_size": 24}')
+    prepare.write_copy(data, str(tmp_path / "copy"), 24, file_format="jpeg")
     files = sorted((tmp_path / "copy" / "train" / "cat").iterdir())
     files[1].write_bytes(b"")  # emptied
     config = folder_config(tmp_path / "copy")

@@ -80,7 +80,10 @@ def newest(workdir):
 def comparable(records):
     """Metrics records without the wall-clock rate and the count of unreadable files read so far (which
     depends on how far ahead the input pipeline has read)."""
-    return [{k: v for k, v in r.items() if k not in ("images_per_second", "unreadable_files")} for r in records]
+    return [
+        {k: v for k, v in r.items() if k not in ("images_per_second", "data_wait_fraction", "unreadable_files")}
+        for r in records
+    ]
 
 
 def assert_ends_as(workdir, reference):

@@ -64,6 +64,11 @@ def test_a_short_run_learns(finished_run):
     # Top-5 of six classes can be wrong: the first evaluation, before the network has learnt, misses some.
     evals = [r for r in workdir_lib.read_metrics(workdir) if r["kind"] == "eval"]
     assert evals[0]["top5_error"] > 0 and result["top5_error"] <= result["top1_error"]
+    # Each log line's throughput comes with the share of the time spent waiting for the input pipeline.
+    logged = [r for r in workdir_lib.read_metrics(workdir) if r["kind"] == "train"]
+    assert len(logged) == 48 and all(r["images_per_second"] > 0 and 0 <= r["data_wait_fraction"] <= 1 for r in logged)
+    line = train.progress_line(120, 2000, {"loss": 2.1, "accuracy": 0.3, "learning_rate": 0.01}, 812.4, 250, 0.034)
+    assert line.endswith(" 812 img/s data wait 3% ETA 4m10s")
 
 
 def test_eval_mode_reports_the_final_and_the_best_checkpoint(finished_run, capsys):
@@ -247,7 +252,11 @@ def comparable(records):
     add up the squares in another order (a last-bit difference seen once in ~10 runs). Parameters,
     momentum, losses, accuracies and errors are compared bit for bit."""
     return [
-        {k: float(f"{v:.7g}") if k == "grad_norm" else v for k, v in r.items() if k != "images_per_second"}
+        {
+            k: float(f"{v:.7g}") if k == "grad_norm" else v
+            for k, v in r.items()
+            if k not in ("images_per_second", "data_wait_fraction")
+        }
         for r in records
     ]
 
