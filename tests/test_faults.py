@@ -118,13 +118,27 @@ def test_a_new_learning_rate_on_resume_is_the_rate_from_that_step_on(runs, tmp_p
     assert record["config"]["optim"]["learning_rate"] == 0.001
 
 
-def test_under_the_step_schedule_a_new_rate_is_the_rate_from_that_step_and_later_cuts_continue(tmp_path, capsys):
+STEP_SCHEDULE = ("--config.schedule.kind=step", "--config.schedule.step_epochs=(0.5,1.5)")
+
+
+@pytest.fixture(scope="module")
+def step_schedule_half(tmp_path_factory):
+    """A run under the step schedule (cuts by 10 at epochs 0.5 and 1.5: steps 5 and 13) stopped after
+    its first epoch, which each test below resumes in a copy of its own."""
+    workdir = tmp_path_factory.mktemp("step_schedule") / "half"
+    assert main_lib.run_command_line([*ARGS, f"--workdir={workdir}", ONE_EPOCH, *STEP_SCHEDULE]) == 0
+    assert learning_rates(workdir)[8] == pytest.approx(0.001)
+    return workdir
+
+
+def test_under_the_step_schedule_a_new_rate_is_the_rate_from_that_step_and_later_cuts_continue(
+    step_schedule_half, tmp_path, capsys
+):
     """Cuts by 10 at epochs 0.5 and 1.5 (steps 5 and 13); the rate given at step 9 holds until the next cut."""
-    schedule = ("--config.schedule.kind=step", "--config.schedule.step_epochs=(0.5,1.5)")
-    assert main(capsys, tmp_path, ONE_EPOCH, *schedule)[0] == 0
-    code, _, err = main(capsys, tmp_path, TWO_EPOCHS, *schedule, "--config.optim.learning_rate=0.05")
+    workdir = copy_of(step_schedule_half, tmp_path)
+    code, _, err = main(capsys, workdir, TWO_EPOCHS, *STEP_SCHEDULE, "--config.optim.learning_rate=0.05")
     assert code == 0, err[-3000:]
-    rates = learning_rates(tmp_path)
+    rates = learning_rates(workdir)
     assert rates[4] == pytest.approx(0.01) and rates[8] == pytest.approx(0.001)
     assert rates[9] == pytest.approx(0.05) and rates[12] == pytest.approx(0.05)
     assert rates[13] == pytest.approx(0.005)  # the cut at epoch 1.5, from the new rate
@@ -137,15 +151,15 @@ def test_under_the_step_schedule_a_new_rate_is_the_rate_from_that_step_and_later
         "--config.schedule.step_epochs=(1.5,)",
     ],
 )
-def test_a_changed_step_schedule_applies_to_the_cuts_still_to_come(tmp_path, capsys, change):
+def test_a_changed_step_schedule_applies_to_the_cuts_still_to_come(step_schedule_half, tmp_path, capsys, change):
     """Cuts by 10 at epochs 0.5 and 1.5; resumed at step 8 (the rate then 0.001) with another factor or
     other cut epochs: the rate stays 0.001 from step 9, and only the cuts after it change."""
-    schedule = ("--config.schedule.kind=step", "--config.schedule.step_epochs=(0.5,1.5)")
-    assert main(capsys, tmp_path, ONE_EPOCH, *schedule)[0] == 0
+    workdir = copy_of(step_schedule_half, tmp_path)
+    schedule = STEP_SCHEDULE
     rerun = (schedule[0], change) if "step_epochs" in change else (*schedule, change)  # each field given once
-    code, _, err = main(capsys, tmp_path, TWO_EPOCHS, *rerun)
+    code, _, err = main(capsys, workdir, TWO_EPOCHS, *rerun)
     assert code == 0 and "take effect from this step on" in err, err[-3000:]
-    rates = learning_rates(tmp_path)
+    rates = learning_rates(workdir)
     assert rates[8] == pytest.approx(0.001) and rates[9] == pytest.approx(0.001) and rates[12] == pytest.approx(0.001)
     assert rates[13] == pytest.approx(0.0005 if "factor" in change else 0.0001)  # the cut at epoch 1.5
 

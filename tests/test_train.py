@@ -171,6 +171,10 @@ CLI_ARGS = (
     f"--config.data.fake_num_classes={CLASSES}",
     f"--config.model.num_classes={CLASSES}",
 )
+# The command of every part of the interrupted run: the uninterrupted run's config, 10 crops included (only
+# the final evaluation uses them). A part run with another eval.ten_crop would write that config into the
+# checkpoint records it saves: the best one (step 40's) differed whenever the SIGTERM came after step 40.
+RESUMED_ARGS = (*(a for a in CLI_ARGS if not a.startswith("--config.eval.ten_crop")), "--config.eval.ten_crop=True")
 
 
 def wait_for(process, predicate, what, poll=0.02):
@@ -194,7 +198,7 @@ def kill_right_after_an_improving_evaluation(workdir, rng):
         evals = sorted((r["step"], r["top1_error"]) for r in workdir_lib.read_metrics(workdir) if r["kind"] == "eval")
         return bool(evals) and evals[-1][0] > start and evals[-1][1] < min([e for _, e in evals[:-1]] or [2.0])
 
-    process = run_module("alexnet_jax.main", *CLI_ARGS, f"--workdir={workdir}", wait=False)
+    process = run_module("alexnet_jax.main", *RESUMED_ARGS, f"--workdir={workdir}", wait=False)
     wait_for(process, improved, "an improving evaluation")
     process.send_signal(signal.SIGKILL)
     step = max(r["step"] for r in workdir_lib.read_metrics(workdir) if r["kind"] == "eval")
@@ -216,7 +220,7 @@ def kill_during_a_save_after_a_random_step(workdir, rng, attempts=3):
         return unfinished_saves(workdir) and any(r["step"] >= step for r in train_records(workdir))
 
     for attempt in range(1, attempts + 1):
-        process = run_module("alexnet_jax.main", *CLI_ARGS, f"--workdir={workdir}", wait=False)
+        process = run_module("alexnet_jax.main", *RESUMED_ARGS, f"--workdir={workdir}", wait=False)
         wait_for(process, saving, f"a checkpoint was being written after step {step}", poll=0.002)
         process.send_signal(signal.SIGKILL)
         process.communicate()
@@ -233,7 +237,7 @@ def kill_during_a_save_after_a_random_step(workdir, rng, attempts=3):
 
 def preempt_at_a_random_step(workdir, rng):
     step = rng.randint(30, 40)
-    process = run_module("alexnet_jax.main", *CLI_ARGS, f"--workdir={workdir}", wait=False)
+    process = run_module("alexnet_jax.main", *RESUMED_ARGS, f"--workdir={workdir}", wait=False)
     wait_for(process, lambda: any(r["step"] >= step for r in train_records(workdir)), f"step {step}")
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=300)
@@ -277,7 +281,7 @@ def test_interrupted_runs_end_bitwise_equal_to_an_uninterrupted_one(finished_run
     ):
         history.append(interrupt(workdir, rng))
     # The last run to the end, in this process: it is not interrupted, so it needs no process of its own.
-    code, out, err = run_main_in_process(capsys, *CLI_ARGS, f"--workdir={workdir}", "--config.eval.ten_crop=True")
+    code, out, err = run_main_in_process(capsys, *RESUMED_ARGS, f"--workdir={workdir}")
     assert code == 0, err[-3000:]
     context = f"random seed {seed}: {'; '.join(history)}"
     assert err.count("resumed from step") == 1, context
