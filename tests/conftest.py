@@ -52,6 +52,8 @@ LONGEST_FIRST = (
     "test_predict.py",
     "test_alexnet.py",
     "test_configs.py",
+    "test_records.py",
+    "test_prepare.py",
     "test_finetune.py",
     "test_steps.py",
     "test_networks.py",
