@@ -33,7 +33,6 @@ figures.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable
 
@@ -259,17 +258,24 @@ def _list_split(root: str, split: str, classes: list[str]) -> tuple[list[str], l
     return paths, labels
 
 
-def _prepared_size(root: str) -> int | None:
+def _prepared(root: str) -> dict | None:
+    """What `prepared.json` says of a JPEG copy written by `prepare` (None for other folders)."""
     path = os.path.join(root, PREPARED_FILE)
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        prepared = json.load(f)
+    prepared = files.read_json(path, "")
+    if not isinstance(prepared, dict) or "resize_size" not in prepared:
+        raise files.CorruptFile(f"{path} is not what prepare writes: delete {root} and run prepare again")
     if prepared.get("format") == records.FORMAT:
         raise ValueError(
             f"{root} holds records written by `prepare --format=records`: set --config.data.source=records"
         )
-    return int(prepared["resize_size"])
+    return prepared
+
+
+def _prepared_size(root: str) -> int | None:
+    prepared = _prepared(root)
+    return None if prepared is None else int(prepared["resize_size"])
 
 
 def load_folder(data_config) -> Data:
@@ -279,7 +285,8 @@ def load_folder(data_config) -> Data:
     eval_split = data_config.eval_split
     if eval_split == "validation" and not os.path.isdir(os.path.join(root, eval_split)):
         eval_split = "val"  # the tfds name is the config default; folders usually say val
-    prepared = _prepared_size(root) if root else None
+    copy = _prepared(root) if root else None
+    prepared = None if copy is None else int(copy["resize_size"])
     if not root or not os.path.isdir(train_dir):
         raise FileNotFoundError(
             f"image folder {root!r} has no {data_config.train_split}/ directory: expected "
@@ -287,6 +294,8 @@ def load_folder(data_config) -> Data:
             "set --config.data.data_dir=DIR"
         )
     classes = sorted(d for d in os.listdir(train_dir) if not is_hidden(d) and os.path.isdir(os.path.join(train_dir, d)))
+    if copy is not None and "classes" in copy:  # the source's class order, as the records keep it
+        classes = [name.replace("/", "_") for name in copy["classes"]]
     classes = selected_classes(classes, data_config.get("classes", ""))
     resize = data_config.resize_size
     if prepared is not None and prepared != resize:

@@ -200,11 +200,19 @@ def _copy_split(data: datasets.Data, position: _Position, directory: str, file_f
     pixels = None
     if file_format == "records":
         pixels = open(records.pixels_path(directory, split), "r+b" if position.next else "wb")  # noqa: SIM115
-        pixels.truncate(position.written * position.settings["resize_size"] ** 2 * 3)  # past the saved position
+        saved_bytes = position.written * position.settings["resize_size"] ** 2 * 3
+        if os.fstat(pixels.fileno()).st_size < saved_bytes:
+            pixels.close()
+            raise ValueError(
+                f"{records.pixels_path(directory, split)} is shorter than what was saved as written: it was cut "
+                f"or changed since; delete {directory} and prepare again"
+            )
+        pixels.truncate(saved_bytes)  # drops what was written past the saved position
         pixels.seek(0, os.SEEK_END)
     progress, saved = Progress(f"copy {split}", source.size), time.monotonic()
     try:
         for batch in ds.prefetch(4).as_numpy_iterator():
+            _check_not_gone(position.next, batch["index"], data)
             with stopping.held():  # a signal waits until the batch is written and counted
                 if pixels is not None:
                     pixels.write(batch["image"].tobytes())
@@ -223,6 +231,7 @@ def _copy_split(data: datasets.Data, position: _Position, directory: str, file_f
     finally:
         if pixels is not None:
             pixels.close()
+    _check_not_gone(position.next, np.array([source.size]), data)
     position.next = source.size
     progress.update(source.size, force=True)
 
@@ -230,11 +239,30 @@ def _copy_split(data: datasets.Data, position: _Position, directory: str, file_f
 def _check_space(directory: str, position: _Position, side: int) -> None:
     """Stops before writing when the records cannot fit (JPEGs' size is not known in advance)."""
     to_write = sum(position.settings[split] for split in records.SPLITS[position.split :]) - position.written
-    needed, free = to_write * side * side * 3, shutil.disk_usage(directory).free
+    existing = directory
+    while not os.path.exists(existing):
+        existing = os.path.dirname(os.path.abspath(existing))
+    needed, free = to_write * side * side * 3, shutil.disk_usage(existing).free
     if needed > free:
         raise ValueError(
             f"the records need {needed / 1e9:,.1f} GB more and {directory} has {free / 1e9:,.1f} GB free: "
             "free some space, choose another --copy_to, or write the smaller --format=jpeg copy",
+        )
+
+
+class SourceGone(OSError):
+    """The data stopped being readable in the middle of a copy."""
+
+
+def _check_not_gone(position: int, readable: np.ndarray, data: datasets.Data) -> None:
+    """Stops when a whole batch of files in a row could not be read, between `position` and the next
+    `readable` indices: a source that went away (an unmounted disk, a dropped network file system)
+    would otherwise give a copy with holes."""
+    missed = int(np.max(np.diff(np.concatenate([[position], readable])) - 1))
+    if missed >= _BATCH:
+        raise SourceGone(
+            f"{missed} files in a row could not be read (latest: {data.unreadable.latest()}): "
+            "the data may be gone; fix the storage and rerun the same command to continue"
         )
 
 
@@ -243,6 +271,8 @@ def _save(position: _Position, pixels) -> None:
     if pixels is not None:
         pixels.flush()
         os.fsync(pixels.fileno())
+    elif position.settings["format"] == "jpeg":
+        os.sync()  # the JPEGs TensorFlow wrote
     position.save()
 
 
@@ -273,10 +303,13 @@ def write_copy(
             f"{directory} already holds a finished copy ({done.get('format', 'jpeg')}, {done.get('resize_size')} px, "
             f"{done.get('train')} + {done.get('val')} images): choose another --copy_to, or delete it to write it again"
         )
-    os.makedirs(directory, exist_ok=True)
     position, stats = _Position(directory, settings), None
+    if not os.path.exists(position.path) and os.path.isdir(directory) and os.listdir(directory):
+        raise ValueError(f"{directory} holds other files: give --copy_to a new or empty directory")
     if file_format == "records":
         _check_space(directory, position, side)
+    os.makedirs(directory, exist_ok=True)
+    position.save()  # from the first byte on, a rerun knows what this directory holds
     while position.split < len(records.SPLITS):
         split = records.SPLITS[position.split]
         _copy_split(data, position, directory, file_format, quality)
@@ -322,6 +355,8 @@ def main(argv):
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     report = prepare(cli.config_value(_CONFIG), flags.FLAGS.copy_to, flags.FLAGS.format, flags.FLAGS.quality)
+    if "classes" in report:  # prepared.json has them all; a thousand lines would bury the rest
+        report["classes"] = len(report["classes"])
     print(json.dumps(report, indent=1))
 
 

@@ -28,6 +28,8 @@ from alexnet_jax.image_files import UnreadableFiles
 FORMAT = "records"
 PREPARED_FILE = "prepared.json"  # what `prepare` wrote, and that it finished (the JPEG copy has one too)
 _ALIGNMENT = 64
+_AGAIN = "delete {} and run prepare again"
+_DESCRIPTION_KEYS = ("format", "resize_size", "classes", "written")
 SPLITS = ("train", "val")
 
 
@@ -54,7 +56,12 @@ class RecordFile:
     def __init__(self, directory: str, split: str, side: int):
         self.path, self.side = pixels_path(directory, split), side
         self.record_bytes = side * side * 3
-        self.labels = np.load(labels_path(directory, split)).astype(np.int32)
+        try:
+            self.labels = np.load(labels_path(directory, split)).astype(np.int32)
+        except (ValueError, EOFError) as error:  # empty, cut short, not an array file
+            raise files.CorruptFile(
+                f"{labels_path(directory, split)} cannot be read ({files.describe(error)}): {_AGAIN.format(directory)}"
+            ) from None
         self._file = open(self.path, "rb", buffering=0)  # noqa: SIM115 (open as long as the run reads it)
         size = os.fstat(self._file.fileno()).st_size
         expected = len(self.labels) * self.record_bytes
@@ -62,7 +69,7 @@ class RecordFile:
             self._file.close()
             raise ValueError(
                 f"{self.path} holds {size:,} bytes where {len(self.labels):,} records of {side} x {side} x 3 "
-                f"take {expected:,}: it was cut short or changed after `prepare` wrote it; run prepare again"
+                f"take {expected:,}: it was cut short or changed after `prepare` wrote it; {_AGAIN.format(directory)}"
             )
 
     @property
@@ -107,8 +114,14 @@ def description(root: str) -> dict:
             )
         )
     prepared = files.read_json(marker, "")
-    if prepared.get("format") != FORMAT:
+    if not isinstance(prepared, dict) or not all(key in prepared for key in _DESCRIPTION_KEYS[:2]):
+        raise files.CorruptFile(f"{marker} is not what prepare writes: {_AGAIN.format(root)}")
+    if prepared["format"] != FORMAT:
         raise ValueError(f"{root} holds a JPEG copy, not records: set --config.data.source=folder")
+    if not all(key in prepared for key in _DESCRIPTION_KEYS):
+        raise files.CorruptFile(f"{marker} is not what prepare writes: {_AGAIN.format(root)}")
+    if not os.path.isfile(os.path.join(root, "stats.npz")):
+        raise FileNotFoundError(f"{root}/stats.npz, the statistics of the records, is missing: {_AGAIN.format(root)}")
     return prepared
 
 
@@ -121,9 +134,12 @@ def open_splits(root: str, side: int) -> tuple[list[str], list[RecordFile]]:
     opened = []
     for split in SPLITS:
         opened.append(RecordFile(root, split, side))
-        if opened[-1].count != prepared[split]:
+        written = prepared["written"][split]["images"]
+        if opened[-1].count != written:
+            for file in opened:
+                file.close()
             raise ValueError(
                 f"{labels_path(root, split)} holds {opened[-1].count:,} labels where {root}'s prepared.json "
-                f"counts {prepared[split]:,} {split} images: run prepare again"
+                f"counts {written:,} {split} images written: {_AGAIN.format(root)}"
             )
     return list(prepared["classes"]), opened

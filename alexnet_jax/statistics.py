@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zipfile
 
 import numpy as np
+
+from alexnet_jax import files
 
 STATS_FILE = "stats.npz"
 
@@ -93,8 +96,13 @@ def read_statistics(directory: str, resize: int) -> tuple[np.ndarray, np.ndarray
     path = os.path.join(directory, STATS_FILE)
     if not os.path.exists(path):
         return IMAGENET_MEAN_RGB, IMAGENET_PCA_SCALE, IMAGENET_PCA_AXES
-    with np.load(path) as stats:
-        mean, scale, axes = stats["mean"], stats["pca_scale"], stats["pca_axes"]
+    try:
+        with np.load(path) as stats:
+            mean, scale, axes = stats["mean"], stats["pca_scale"], stats["pca_axes"]
+    except (ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:  # empty, cut short, not ours
+        raise files.CorruptFile(
+            f"{path} cannot be read ({files.describe(error)}): rerun `python -m alexnet_jax.prepare`"
+        ) from None
     if mean.shape not in ((3,), (resize, resize, 3)):
         raise ValueError(
             f"{path} holds a {mean.shape[0]} x {mean.shape[1]} mean image but data.resize_size={resize}; "

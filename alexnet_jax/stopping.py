@@ -36,13 +36,23 @@ def stopped_line(signal_name: str) -> str:
 
 @contextlib.contextmanager
 def held():
-    """SIGTERM and SIGINT wait until the block is done (then act as they would have): for bookkeeping
-    that must not stop half-way."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    """SIGTERM and SIGINT wait until the block is done, then act as they would have: for bookkeeping
+    that must not stop half-way. (Masking the signals would not do: the kernel hands a process's
+    signal to any thread that does not mask it, TensorFlow's among them, and Python then runs the
+    handler in the main thread wherever it is; a handler that only takes note works for all.)"""
+    pending: list[int] = []
+    previous = {number: signal.signal(number, lambda signum, frame: pending.append(signum)) for number in SIGNALS}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if pending:
+            handler = previous[pending[0]]
+            if callable(handler):
+                handler(pending[0], None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(pending[0])
 
 
 class Interrupted(BaseException):

@@ -191,7 +191,7 @@ MUTANTS = (
         "prepare-resumes-after-its-tail",
         "input pipeline",
         "alexnet_jax/prepare.py",
-        'pixels.truncate(position.written * position.settings["resize_size"] ** 2 * 3)',
+        "pixels.truncate(saved_bytes)",
         "pixels.flush()",
         ("tests/test_prepare.py",),
         "a resumed records copy appends after what the interrupted run wrote past its saved position",

@@ -132,6 +132,11 @@ def test_an_interrupted_copy_resumes_to_the_same_files(tmp_path, monkeypatch, fi
     assert prepare.write_copy(data, target, 32, file_format=file_format) == whole
     assert contents(target) == contents(tmp_path / "whole")
     assert whole["written"]["train"] == {"images": 10, "unreadable": 4}
+    # The copy, without the 4 unreadable files of each split, is what training reads.
+    config = folder_config(target, resize=32)
+    config.source = "records" if file_format == "records" else "folder"
+    copy = datasets.create_data(config, 2)
+    assert (copy.train.size, copy.eval.size, copy.class_names) == (10, 10, ("cat", "dog"))
     # Rerun once finished: nothing is written again; with other settings: refused, nothing touched.
     before = {path: os.stat(os.path.join(target, path)).st_mtime_ns for path in contents(target)}
     assert prepare.write_copy(data, target, 32, file_format=file_format) == whole
@@ -150,6 +155,10 @@ def test_an_unfinished_copy_with_other_settings_or_too_little_space_is_refused(t
         prepare.write_copy(data, target, 32, file_format="records")
     monkeypatch.undo()
     saved = contents(target)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("someone's")
+    with pytest.raises(ValueError, match="other holds other files: give --copy_to a new or empty directory"):
+        prepare.write_copy(data, str(tmp_path / "other"), 32, file_format="records")
     with pytest.raises(ValueError, match=r"unfinished copy written with other settings \(format 'records' -> 'jpeg'"):
         prepare.write_copy(data, target, 32, file_format="jpeg")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
@@ -163,6 +172,43 @@ def test_an_unfinished_copy_with_other_settings_or_too_little_space_is_refused(t
         ValueError, match="prepare_progress.npz cannot be read .*: delete it to copy again from the start"
     ):
         prepare.write_copy(data, target, 32, file_format="records")
+
+
+def test_a_source_that_goes_away_stops_the_copy_which_then_continues(tmp_path, monkeypatch):
+    """A batch's worth of files in a row that cannot be read (a dropped mount) stops the copy instead of
+    leaving holes in it; with the files back, the same command finishes it as if nothing happened."""
+    write_image_folder(tmp_path / "raw", bad=False)
+    data = datasets.create_data(folder_config(tmp_path / "raw", resize=32), 2)
+    monkeypatch.setattr(prepare, "_BATCH", 2)
+    prepare.write_copy(data, str(tmp_path / "whole"), 32, file_format="records")
+    gone = sorted((tmp_path / "raw" / "train" / "dog").iterdir())[:2]
+    kept = {path: path.read_bytes() for path in gone}
+    for path in gone:
+        path.write_bytes(b"")
+    with pytest.raises(prepare.SourceGone, match="2 files in a row could not be read .*rerun the same command"):
+        prepare.write_copy(data, str(tmp_path / "copy"), 32, file_format="records")
+    assert not os.path.exists(tmp_path / "copy" / datasets.PREPARED_FILE)
+    for path, encoded in kept.items():
+        path.write_bytes(encoded)
+    prepare.write_copy(data, str(tmp_path / "copy"), 32, file_format="records")
+    assert contents(tmp_path / "copy") == contents(tmp_path / "whole")
+
+
+def test_a_signal_during_a_batchs_bookkeeping_waits_for_its_end():
+    """`stopping.held`: the signal is taken note of and acts when the block is done, whichever thread
+    the kernel gave it to."""
+    import signal
+    import threading
+
+    done = []
+    with stopping.signals_interrupt(), pytest.raises(stopping.Interrupted, match="SIGTERM"):
+        with stopping.held():
+            thread = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGTERM))
+            thread.start()
+            thread.join()
+            for _ in range(1000):  # the handler would run between any two of these bytecodes
+                done.append(1)
+    assert len(done) == 1000
 
 
 def test_the_command_line_copies_and_refuses_in_one_line(tmp_path):

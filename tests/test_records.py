@@ -163,6 +163,14 @@ def test_every_way_reading_records_fails_has_an_outcome(photos, tmp_path, monkey
         f.truncate(os.path.getsize(pixels) - 100)
     with pytest.raises(ValueError, match=r"train\.u8 holds .* bytes where 12 records .* cut short .* prepare again"):
         datasets.create_data(paper_data_config("records", copy), 2)
+    shutil.copy(photos / "records" / "train.u8", copy / "train.u8")
+    (copy / "val_labels.npy").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"val_labels\.npy cannot be read .*: delete .* and run prepare again"):
+        datasets.create_data(paper_data_config("records", copy), 2)
+    shutil.copy(photos / "records" / "val_labels.npy", copy / "val_labels.npy")
+    os.unlink(copy / statistics.STATS_FILE)
+    with pytest.raises(FileNotFoundError, match=r"stats\.npz, the statistics of the records, is missing"):
+        datasets.create_data(paper_data_config("records", copy), 2)
     os.unlink(copy / datasets.PREPARED_FILE)
     with pytest.raises(FileNotFoundError, match="prepare was interrupted; rerun the same prepare command"):
         datasets.create_data(paper_data_config("records", copy), 2)
