@@ -102,6 +102,7 @@ def repeat_copy(root: str, times: int) -> None:
                 for k in range(1, times):
                     os.link(os.path.join(directory, name), os.path.join(directory, f"{k}_{name}"))
     prepared["train"] *= times
+    prepared["written"]["train"]["images"] *= times
     with open(marker, "w") as f:
         json.dump(prepared, f)
 

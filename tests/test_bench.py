@@ -163,7 +163,7 @@ def test_the_input_pipeline_benchmark_measures_each_format_and_scales_it(tmp_pat
         bench.make_copy(raw, copy, file_format)
         bench.repeat_copy(copy, 3)
         with open(os.path.join(copy, "prepared.json")) as f:
-            assert json.load(f)["train"] == 48
+            assert json.load(f)["written"]["train"]["images"] == 48
         for pipeline in ("train", "eval"):
             rate = bench.measure_ours(copy, batch=8, repeats=1, evaluation=pipeline == "eval")
             assert rate > 0
