@@ -84,14 +84,19 @@ class Sums:
         }
 
 
-def _batch_sums(images: tf.Tensor) -> dict:
-    """The sums of a batch of uint8 images, computed by TensorFlow (in parallel, without the GIL)."""
+def _with_sums(batch: dict) -> dict:
+    """A batch of examples with the sums of its uint8 images, computed by TensorFlow (in parallel,
+    without the GIL)."""
+    images = batch["image"]
     flat = tf.reshape(tf.cast(images, tf.float64), [-1, 3])
     return {
-        "image": tf.reduce_sum(tf.cast(images, tf.float64), axis=0),
-        "pixel": tf.reduce_sum(flat, axis=0),
-        "outer": tf.matmul(flat, flat, transpose_a=True),
-        "count": tf.shape(images)[0],
+        **batch,
+        "sums": {
+            "image": tf.reduce_sum(tf.cast(images, tf.float64), axis=0),
+            "pixel": tf.reduce_sum(flat, axis=0),
+            "outer": tf.matmul(flat, flat, transpose_a=True),
+            "count": tf.shape(images)[0],
+        },
     }
 
 
@@ -113,7 +118,7 @@ def compute_statistics(source: datasets.Source) -> dict:
     """Mean image and RGB principal axes of a split, in one streaming pass."""
     progress, sums, done = Progress("statistics", source.size), Sums(), 0
     ds = _readable(source, 0).batch(_BATCH)
-    ds = ds.map(lambda e: {**e, "sums": _batch_sums(e["image"])}, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(_with_sums, num_parallel_calls=tf.data.AUTOTUNE)
     for batch in ds.prefetch(2).as_numpy_iterator():
         sums.add(batch["sums"])
         done = int(batch["index"][-1]) + 1
@@ -196,7 +201,7 @@ def _copy_split(data: datasets.Data, position: _Position, directory: str, file_f
         ds = ds.map(_jpeg_writer(directory, split, data.class_names, quality), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(_BATCH)
     if split == "train":
-        ds = ds.map(lambda e: {**e, "sums": _batch_sums(e["image"])}, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(_with_sums, num_parallel_calls=tf.data.AUTOTUNE)
     pixels = None
     if file_format == "records":
         pixels = open(records.pixels_path(directory, split), "r+b" if position.next else "wb")  # noqa: SIM115

@@ -24,6 +24,7 @@ import numpy as np
 
 from alexnet_jax import files
 from alexnet_jax.image_files import UnreadableFiles
+from alexnet_jax.statistics import STATS_FILE
 
 FORMAT = "records"
 PREPARED_FILE = "prepared.json"  # what `prepare` wrote, and that it finished (the JPEG copy has one too)
@@ -114,13 +115,11 @@ def description(root: str) -> dict:
             )
         )
     prepared = files.read_json(marker, "")
-    if not isinstance(prepared, dict) or not all(key in prepared for key in _DESCRIPTION_KEYS[:2]):
-        raise files.CorruptFile(f"{marker} is not what prepare writes: {_AGAIN.format(root)}")
-    if prepared["format"] != FORMAT:
+    if isinstance(prepared, dict) and prepared.get("format", FORMAT) != FORMAT:
         raise ValueError(f"{root} holds a JPEG copy, not records: set --config.data.source=folder")
-    if not all(key in prepared for key in _DESCRIPTION_KEYS):
+    if not isinstance(prepared, dict) or not all(key in prepared for key in _DESCRIPTION_KEYS):
         raise files.CorruptFile(f"{marker} is not what prepare writes: {_AGAIN.format(root)}")
-    if not os.path.isfile(os.path.join(root, "stats.npz")):
+    if not os.path.isfile(os.path.join(root, STATS_FILE)):
         raise FileNotFoundError(f"{root}/stats.npz, the statistics of the records, is missing: {_AGAIN.format(root)}")
     return prepared
 

@@ -35,24 +35,32 @@ def stopped_line(signal_name: str) -> str:
 
 
 @contextlib.contextmanager
+def _handled_by(handler):
+    """SIGTERM and SIGINT go to `handler` inside the block; the handlers before it are restored after
+    it (and given to the block)."""
+    previous = {number: signal.signal(number, handler) for number in SIGNALS}
+    try:
+        yield previous
+    finally:
+        for number, before in previous.items():
+            signal.signal(number, before)
+
+
+@contextlib.contextmanager
 def held():
     """SIGTERM and SIGINT wait until the block is done, then act as they would have: for bookkeeping
     that must not stop half-way. (Masking the signals would not do: the kernel hands a process's
     signal to any thread that does not mask it, TensorFlow's among them, and Python then runs the
     handler in the main thread wherever it is; a handler that only takes note works for all.)"""
     pending: list[int] = []
-    previous = {number: signal.signal(number, lambda signum, frame: pending.append(signum)) for number in SIGNALS}
-    try:
+    with _handled_by(lambda signum, frame: pending.append(signum)) as previous:
         yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-        if pending:
-            handler = previous[pending[0]]
-            if callable(handler):
-                handler(pending[0], None)
-            elif handler == signal.SIG_DFL:
-                signal.raise_signal(pending[0])
+    if pending:
+        handler = previous[pending[0]]
+        if callable(handler):
+            handler(pending[0], None)
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(pending[0])
 
 
 class Interrupted(BaseException):
@@ -83,12 +91,8 @@ def _raise(signum, frame):
 def signals_interrupt():
     """SIGTERM and SIGINT raise `Interrupted` (every command line: a one-line stop, not a traceback or
     a silent death); a run's `StopRequest` takes them over while it trains."""
-    previous = {number: signal.signal(number, _raise) for number in SIGNALS}
-    try:
+    with _handled_by(_raise):
         yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
 
 
 class StopRequest:

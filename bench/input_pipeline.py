@@ -164,7 +164,7 @@ def measure_ours(root: str, batch: int, repeats: int, evaluation: bool = False) 
     from alexnet_jax import parallel
 
     config = folder_config(root)
-    if os.path.exists(os.path.join(root, records.pixels_path("", "train"))):
+    if os.path.exists(records.pixels_path(root, "train")):
         config.data.source = "records"
     data = datasets.create_data(config.data, CLASSES)
     if evaluation:  # the training images, as many as there are, read as the evaluation reads them

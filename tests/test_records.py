@@ -49,8 +49,8 @@ def photos(tmp_path_factory):
 
 
 def batches(source: str, root, start_step: int, steps: int, num_classes: int = 2) -> list[dict]:
-    data = datasets.create_data(paper_data_config(source, root), num_classes)
     config = paper_data_config(source, root)
+    data = datasets.create_data(config, num_classes)
     it = input_pipeline.train_batches(data, config, crop=224, global_batch=BATCH, start_step=start_step, seed=3)
     return [next(it) for _ in range(steps)], data
 
