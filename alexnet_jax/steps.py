@@ -20,7 +20,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax import parallel, statistics
+from alexnet_jax import networks, parallel, statistics
 from alexnet_jax.parallel import DATA, MODEL
 
 
@@ -88,7 +88,7 @@ def create_train_state(model, optimizer, mesh: Mesh, rng: jax.Array, image_size:
     create = _fresh_state(model, optimizer, image_size)
     rate = jnp.float32(learning_rate)
     shardings = state_shardings(jax.eval_shape(create, rng, rate), mesh)
-    return jax.jit(create, out_shardings=shardings)(rng, rate)
+    return jax.jit(create, out_shardings=shardings, compiler_options=networks.INIT_COMPILER_OPTIONS)(rng, rate)
 
 
 def as_normalisation(normalisation) -> statistics.Normalisation:

@@ -33,7 +33,7 @@ def _shapes(model, image_size: int) -> tuple[dict, list[tuple[str, tuple]]]:
     order = []
 
     def forward(x):
-        params = networks.init_params(model, jax.random.key(0), image_size)
+        params = networks.initialiser(model, image_size)(jax.random.key(0))
         state = model.apply({"params": params}, x, mutable=["intermediates"])[1]
         order.extend(state["intermediates"])  # sown in the order the layers ran
         return params, state

@@ -215,16 +215,27 @@ def _torch_rows(dtype: str, batches: str, image_size: int, classes: int, repeats
     ]
 
 
-def _device() -> dict:
+def _device(dtypes: str, reduced: bool) -> dict:
+    """The device, and a large matrix product's TFLOP/s in each of `dtypes` on it (one process: a
+    second would only import JAX again)."""
     import jax
 
-    return {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(), "jax": jax.__version__}
+    backend = jax.default_backend()
+    side = 1024 if reduced else (8192 if backend != "cpu" else 2048)
+    return {
+        "device": jax.devices()[0].device_kind,
+        "backend": backend,
+        "jax": jax.__version__,
+        "matmul_side": side,
+        "matmul_tflops": {d: _matmul_tflops(d, side) for d in dtypes.split(",")},
+    }
 
 
 def measure(args) -> dict:
     rows, started = [], time.time()
     me = [sys.executable, os.path.abspath(__file__)]
-    device = _run_child([*me, "--_device"], args.timeout)
+    device = _run_child([*me, f"--_device={args.dtypes}", *(["--reduced"] if args.reduced else [])], args.timeout)
+    side, matmul_tflops = device.pop("matmul_side"), device.pop("matmul_tflops")
     result = {
         "date": datetime.date.today().isoformat(),
         **device,
@@ -239,10 +250,7 @@ def measure(args) -> dict:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
 
-    side = 1024 if args.reduced else (8192 if device["backend"] != "cpu" else 2048)
-    result["matmul_tflops"] = {
-        d: _run_child([*me, f"--_matmul={d},{side}"], args.timeout)["tflops"] for d in args.dtypes.split(",")
-    }
+    result["matmul_tflops"] = matmul_tflops
     print(
         f"{result['device']}: {side}^3 matrix product "
         + ", ".join(f"{d} {t:.1f} TFLOP/s" for d, t in result["matmul_tflops"].items()),
@@ -388,17 +396,10 @@ def main(argv=None) -> dict | None:
     parser.add_argument("--out", default="bench/results/gpu.json")
     parser.add_argument("--markdown", default=None, help="append the table to this file (e.g. BENCHMARKS.md)")
     parser.add_argument("--_one", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--_matmul", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--_device", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--_device", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args._one or args._matmul or args._device:  # a child: measure one thing, print it as JSON
-        if args._one:
-            print(json.dumps(_jax_row(json.loads(args._one))))
-        elif args._matmul:
-            dtype, side = args._matmul.split(",")
-            print(json.dumps({"tflops": _matmul_tflops(dtype, int(side))}))
-        else:
-            print(json.dumps(_device()))
+    if args._one or args._device:  # a child: measure one thing, print it as JSON
+        print(json.dumps(_jax_row(json.loads(args._one)) if args._one else _device(args._device, args.reduced)))
         return None
     if args.reduced:
         args.batches, args.steps, args.repeats, args.image_size, args.classes = "4", 2, 1, 64, 10

@@ -5,6 +5,7 @@ module imports jax. Command-line runs started by the tests inherit this environm
 own device count (`helpers.cli_env`).
 """
 
+import gc
 import os
 import shutil
 import tempfile
@@ -12,6 +13,18 @@ import tempfile
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# TensorFlow's import skips Keras (1.5 s per test process; the tests use tf.data alone), as the tools
+# do in their own processes (`alexnet_jax.cli`). Command-line runs started by the tests go without it
+# (`helpers.cli_env`): they must set it themselves.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+# glibc hands every freed block over 32 MB back to the operating system, and the next allocation of
+# that size faults in and zeroes each page again: with paper-size parameter trees (233 MB, and their
+# copies per device layout) tests/test_portability.py alone took 66.5 s, and 58.6 s with freed memory
+# kept for reuse (as `malloc` does below the threshold), as the test processes now do. Read when a
+# process starts: the test workers and the command-line runs inherit it.
+os.environ.setdefault(
+    "GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
+)
 # One compilation cache for the whole run, made by the process that loads this file first (pytest
 # itself, whose environment the test workers and the command-line runs they start inherit): the same
 # programs are compiled once, not in every process or every training run. Removed at the end.
@@ -67,6 +80,12 @@ LONGEST_FIRST = (
 def pytest_unconfigure(config):
     if _OWN_CACHE:
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
+
+def pytest_collection_finish(session):
+    """The objects made so far (JAX's, TensorFlow's, PyTorch's, the test modules') live to the end:
+    kept out of the garbage collector's full passes, which would walk them again and again."""
+    gc.freeze()
 
 
 def pytest_collection_modifyitems(items):

@@ -17,8 +17,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def cli_env(devices: int = 1) -> dict:
     """The environment of a command-line run on `devices` simulated CPU devices (the tests' own 8
     would make every run 8-way data-parallel on a 2-core machine)."""
-    # Without the TensorFlow settings `alexnet_jax.cli` gave this process: each run makes its own.
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
+    # Without the TensorFlow settings this process has (`alexnet_jax.cli`'s, the conftest's): each run makes its own.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS", "TF_USE_LEGACY_KERAS")
+    }
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     return env
 

@@ -13,7 +13,8 @@ import json
 import os
 import shutil
 import signal
-import time
+import subprocess
+import sys
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -26,7 +27,7 @@ from alexnet_jax import main as main_lib
 from alexnet_jax import workdir as workdir_lib
 from configs import smoke
 from tests import helpers
-from tests.helpers import assert_trees_equal, run_main_in_process, run_module
+from tests.helpers import assert_trees_equal, run_main_in_process
 
 # 16 steps of 16 images: evaluations after steps 8 and 16, checkpoints after 5, 10, 15 and 16.
 ARGS = ("--config=configs/smoke.py", "--config.parallel.data=1", "--config.eval.ten_crop=False")
@@ -439,14 +440,31 @@ def test_numbers_that_cannot_train_are_refused_before_anything_is_written(tmp_pa
     assert message in line and not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_while_the_command_imports_its_libraries_is_one_line(tmp_path, signal_number):
-    """The first second of `python -m alexnet_jax.main`: JAX and TensorFlow still loading."""
-    process = run_module("alexnet_jax.main", *ARGS, f"--workdir={tmp_path / 'run'}", wait=False)
-    time.sleep(0.5)
-    process.send_signal(signal_number)
-    out, err = process.communicate(timeout=60)
-    assert process.returncode == 0 and out == "", err[-3000:]
+# `python -m alexnet_jax.main ARGS`, which signals itself as it starts importing a library: the signal
+# lands at that moment of the start-up whatever the machine's load (a timer would sometimes land after
+# the imports, when the training loop takes the signal instead).
+SIGNAL_ON_IMPORT = """
+import os, runpy, signal, sys
+library, signal_number = sys.argv[1], int(sys.argv[2])
+class SignalOnImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == library:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal_number)
+sys.meta_path.insert(0, SignalOnImport())
+sys.argv = ["alexnet_jax.main", *sys.argv[3:]]
+runpy.run_module("alexnet_jax.main", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("library,signal_number", [("jax", signal.SIGTERM), ("tensorflow", signal.SIGINT)])
+def test_a_signal_while_the_command_imports_its_libraries_is_one_line(tmp_path, library, signal_number):
+    """The first seconds of `python -m alexnet_jax.main`: JAX or TensorFlow still loading."""
+    command = [sys.executable, "-c", SIGNAL_ON_IMPORT, library, str(int(signal_number))]
+    command += [*ARGS, f"--workdir={tmp_path / 'run'}"]
+    done = subprocess.run(command, cwd=helpers.ROOT, env=helpers.cli_env(), capture_output=True, text=True, timeout=60)
+    out, err = done.stdout, done.stderr
+    assert done.returncode == 0 and out == "", err[-3000:]
     assert err.strip().splitlines() == [stopping.stopped_line(signal.Signals(signal_number).name)]
     assert not (tmp_path / "run").exists()
 
