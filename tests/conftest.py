@@ -18,10 +18,10 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # (`helpers.cli_env`): they must set it themselves.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # glibc hands every freed block over 32 MB back to the operating system, and the next allocation of
-# that size faults in and zeroes each page again: with paper-size parameter trees (233 MB, and their
-# copies per device layout) tests/test_portability.py alone took 66.5 s, and 58.6 s with freed memory
-# kept for reuse (as `malloc` does below the threshold), as the test processes now do. Read when a
-# process starts: the test workers and the command-line runs inherit it.
+# that size faults in and zeroes each page again: paper-size parameter trees are 233 MB, with copies
+# per device layout. The test processes keep freed memory for reuse (as `malloc` does below the
+# threshold); with this and `gc.freeze` below the suite took 386 s instead of 441 s (docs/testing.md).
+# Read when a process starts: the test workers and the command-line runs inherit it.
 os.environ.setdefault(
     "GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
 )

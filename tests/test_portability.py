@@ -38,6 +38,9 @@ def get_config():
     config.train.num_epochs, config.train.eval_every_epochs = 2, 1.0  # 6 steps, evaluations at 3 and 6
     config.train.checkpoint_every_steps, config.train.log_every_steps = 4, 1
     config.parallel.data, config.parallel.model = 1, 2  # the paper's two towers
+    # The centre crop says as much here as the paper's 10 (at a fraction of the compilation, in every
+    # process); the 10-crop evaluation on every layout is tests/test_parallel.py's.
+    config.eval.ten_crop = False
     return config
 '''
 
@@ -91,7 +94,6 @@ def test_a_two_tower_checkpoint_evaluates_the_same_on_every_layout(
     assert 0 < expected["top5_error"] < expected["top1_error"] < 1  # hits to compare, not zeros
     monkeypatch.setattr(datasets, "create_data", lambda data_config, num_classes: relabelled)
     config = config_on(config_file, *mesh)
-    config.eval.ten_crop = False  # the centre crop says as much here, at half the compilation
     evaluated = train.evaluate_checkpoint(config, workdir)["final_checkpoint"]
     assert evaluated["step"] == 6
     assert {key: evaluated[key] for key in expected} == expected
@@ -159,7 +161,7 @@ def test_two_processes_resume_the_run_on_another_mesh(config_file, two_tower_run
     assert done.stderr.count("resumed from step 4") == 2  # both processes
     assert done.stdout.count('"top1_error"') == 1  # one result, from process 0
     final = json.loads(done.stdout[done.stdout.index("{\n") :])
-    for key in ("top1_error", "top5_error", "ten_crop_top1_error", "ten_crop_top5_error"):
+    for key in ("top1_error", "top5_error"):
         assert final[key] == result[key], key
     assert final["loss"] == pytest.approx(result["loss"], rel=1e-4)
     config = config_on(config_file, 1, 2)

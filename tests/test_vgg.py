@@ -75,7 +75,8 @@ def test_vgg_trains_with_the_same_pipeline(tmp_path):
     images = np.stack([image for image, _, _ in data.eval.examples(range(8)).as_numpy_iterator()])
     labels = np.array([label for _, label, _ in data.eval.examples(range(8)).as_numpy_iterator()])
     crops = steps.test_crops(images, data.mean, 32, ten_crop=False)[:, 0]
-    probs = np.asarray(jax.nn.softmax(networks.from_config(config.model).apply({"params": params}, crops)))
+    forward = jax.jit(networks.from_config(config.model).apply)  # one program, not one per operation
+    probs = np.asarray(jax.nn.softmax(forward({"params": params}, crops)))
     assert step == 1 and result["count"] == 8
     assert result["top1_error"] == np.mean(probs.argmax(axis=1) != labels)
     np.testing.assert_allclose(result["loss"], -np.mean(np.log(probs[np.arange(8), labels] + 1e-12)), rtol=1e-4)
