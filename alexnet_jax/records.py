@@ -119,8 +119,9 @@ def description(root: str) -> dict:
         raise ValueError(f"{root} holds a JPEG copy, not records: set --config.data.source=folder")
     if not isinstance(prepared, dict) or not all(key in prepared for key in _DESCRIPTION_KEYS):
         raise files.CorruptFile(f"{marker} is not what prepare writes: {_AGAIN.format(root)}")
-    if not os.path.isfile(os.path.join(root, STATS_FILE)):
-        raise FileNotFoundError(f"{root}/stats.npz, the statistics of the records, is missing: {_AGAIN.format(root)}")
+    stats = os.path.join(root, STATS_FILE)
+    if not os.path.isfile(stats):
+        raise FileNotFoundError(f"{stats}, the statistics of the records, is missing: {_AGAIN.format(root)}")
     return prepared
 
 

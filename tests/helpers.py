@@ -27,13 +27,11 @@ def cli_env(devices: int = 1) -> dict:
     return env
 
 
-def run_module(
-    module: str, *args: str, devices: int = 1, wait: bool = True, timeout: float = 600, env: dict | None = None
-):
-    """`python -m module args` from the repository root, with `env` added to the environment:
-    (code, stdout, stderr), or the process."""
+def run_python(*argv: str, devices: int = 1, wait: bool = True, timeout: float = 600, env: dict | None = None):
+    """`python argv` from the repository root, with `env` added to the environment: (code, stdout,
+    stderr), or the process."""
     process = subprocess.Popen(
-        [sys.executable, "-m", module, *args],
+        [sys.executable, *argv],
         cwd=ROOT,
         env={**cli_env(devices), **(env or {})},
         stdout=subprocess.PIPE,
@@ -44,6 +42,11 @@ def run_module(
         return process
     out, err = process.communicate(timeout=timeout)
     return process.returncode, out, err
+
+
+def run_module(module: str, *args: str, **options):
+    """`python -m module args`, as `run_python` runs it."""
+    return run_python("-m", module, *args, **options)
 
 
 def run_main_in_process(capsys, *argv: str):

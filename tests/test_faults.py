@@ -13,8 +13,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -460,11 +458,10 @@ runpy.run_module("alexnet_jax.main", run_name="__main__", alter_sys=True)
 @pytest.mark.parametrize("library,signal_number", [("jax", signal.SIGTERM), ("tensorflow", signal.SIGINT)])
 def test_a_signal_while_the_command_imports_its_libraries_is_one_line(tmp_path, library, signal_number):
     """The first seconds of `python -m alexnet_jax.main`: JAX or TensorFlow still loading."""
-    command = [sys.executable, "-c", SIGNAL_ON_IMPORT, library, str(int(signal_number))]
-    command += [*ARGS, f"--workdir={tmp_path / 'run'}"]
-    done = subprocess.run(command, cwd=helpers.ROOT, env=helpers.cli_env(), capture_output=True, text=True, timeout=60)
-    out, err = done.stdout, done.stderr
-    assert done.returncode == 0 and out == "", err[-3000:]
+    code, out, err = helpers.run_python(
+        "-c", SIGNAL_ON_IMPORT, library, str(int(signal_number)), *ARGS, f"--workdir={tmp_path / 'run'}", timeout=60
+    )
+    assert code == 0 and out == "", err[-3000:]
     assert err.strip().splitlines() == [stopping.stopped_line(signal.Signals(signal_number).name)]
     assert not (tmp_path / "run").exists()
 
