@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from alexnet_jax import programs
+
 
 class PaperSGDState(NamedTuple):
     velocity: optax.Params
@@ -32,6 +34,7 @@ def _is_bias(path) -> bool:
     return getattr(path[-1], "key", None) == "bias"
 
 
+@programs.reused  # equal settings, the same functions: the steps built with them are reused too
 def paper_sgd(
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
@@ -74,7 +77,11 @@ def frozen(optimizer: optax.GradientTransformationExtraArgs, layers) -> optax.Gr
     no momentum, and the weight decay that lives inside it never acts), while the state keeps the
     tree's whole structure, so a checkpoint of a run with frozen layers restores like any other.
     """
-    layers = frozenset(layers)
+    return _frozen(optimizer, tuple(sorted(set(layers))))
+
+
+@programs.reused
+def _frozen(optimizer: optax.GradientTransformationExtraArgs, layers: tuple) -> optax.GradientTransformationExtraArgs:
     if not layers:
         return optimizer
 

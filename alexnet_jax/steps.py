@@ -20,7 +20,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax import networks, parallel, statistics
+from alexnet_jax import networks, parallel, programs, statistics
 from alexnet_jax.parallel import DATA, MODEL
 
 
@@ -72,6 +72,7 @@ def _fresh_state(model, optimizer, image_size) -> Callable[[jax.Array, jax.Array
     return create
 
 
+@programs.reused
 def abstract_train_state(model, optimizer, mesh, image_size: int) -> TrainState:
     """Shapes, dtypes and shardings of the state `create_train_state` makes, allocating nothing:
     the target a checkpoint is restored into."""
@@ -83,12 +84,16 @@ def abstract_train_state(model, optimizer, mesh, image_size: int) -> TrainState:
     )
 
 
+@programs.reused
+def _compiled_fresh_state(model, optimizer, mesh: Mesh, image_size: int) -> Callable:
+    create = _fresh_state(model, optimizer, image_size)
+    shardings = jax.tree.map(lambda s: s.sharding, abstract_train_state(model, optimizer, mesh, image_size))
+    return jax.jit(create, out_shardings=shardings, compiler_options=networks.INIT_COMPILER_OPTIONS)
+
+
 def create_train_state(model, optimizer, mesh: Mesh, rng: jax.Array, image_size: int, learning_rate: float):
     """A fresh state, created directly in its sharded layout (no full copy on one device first)."""
-    create = _fresh_state(model, optimizer, image_size)
-    rate = jnp.float32(learning_rate)
-    shardings = state_shardings(jax.eval_shape(create, rng, rate), mesh)
-    return jax.jit(create, out_shardings=shardings, compiler_options=networks.INIT_COMPILER_OPTIONS)(rng, rate)
+    return _compiled_fresh_state(model, optimizer, mesh, image_size)(rng, jnp.float32(learning_rate))
 
 
 def as_normalisation(normalisation) -> statistics.Normalisation:
@@ -232,6 +237,7 @@ def _on_mesh(model) -> Any:
     return model.clone(model_axis=MODEL, data_axis=DATA)
 
 
+@programs.reused
 def make_grad_fn(model, mesh: Mesh, mean=None, micro_batch: int = 0) -> Callable:
     """`grad_fn(params, batch, rng) -> (loss, logits, grads)` on `mesh`, training mode.
 
@@ -256,6 +262,7 @@ def make_grad_fn(model, mesh: Mesh, mean=None, micro_batch: int = 0) -> Callable
     return jax.jit(grad_fn)
 
 
+@programs.reused
 def make_train_step(model, optimizer, mesh: Mesh, mean=None, micro_batch: int = 0) -> Callable:
     """`train_step(state, batch, rng) -> (state, metrics)`, jitted, state donated.
 
@@ -323,6 +330,7 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]))
 
 
+@programs.reused
 def make_eval_step(model, mesh: Mesh, mean, crop: int, ten_crop: bool) -> Callable[[Any, dict], dict]:
     """`eval_step(params, batch) -> sums` of top-1/top-5 correct, loss and counted examples.
 

@@ -207,8 +207,8 @@ def test_the_tanh_preset_starts_with_conv1_saturated_and_its_signal_fading(capsy
     for name in ("baseline", "tanh"):
         config = ablations.get_config(f"{name},default")
         net = networks.from_config(config.model)
+        params = networks.init_params(net, jax.random.key(0), crops.shape[1])
         # Jitted: one compiled program per network instead of one per operation, run eagerly.
-        params = jax.jit(lambda key, x, net=net: net.init(key, x)["params"])(jax.random.key(0), crops[:1])
         _, sown = jax.jit(lambda p, x, net=net: net.apply({"params": p}, x, mutable=["intermediates"]))(params, crops)
         sown = sown["intermediates"]
         spread[name] = float(np.std(sown["fc7_out"][0]))

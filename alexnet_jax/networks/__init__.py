@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from alexnet_jax import programs
 from alexnet_jax.networks import alexnet, layers, vgg
 
 
@@ -140,9 +141,14 @@ def initialiser(model: nn.Module, image_size: int) -> Callable[[jax.Array], dict
     return lambda key: model.init({"params": key}, dummy)["params"]
 
 
+@programs.reused
+def _compiled_initialiser(model: nn.Module, image_size: int) -> Callable[[jax.Array], dict]:
+    return jax.jit(initialiser(model, image_size), compiler_options=INIT_COMPILER_OPTIONS)
+
+
 def init_params(model: nn.Module, rng: jax.Array, image_size: int) -> dict:
     """The canonical parameter tree, initialised as the model specifies."""
-    return jax.jit(initialiser(model, image_size), compiler_options=INIT_COMPILER_OPTIONS)(rng)
+    return _compiled_initialiser(model, image_size)(rng)
 
 
 def param_shapes(model: nn.Module, image_size: int) -> dict:
