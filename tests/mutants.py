@@ -313,6 +313,24 @@ MUTANTS = (
         ("tests/test_predict.py::test_torchvision_weights_give_torchvision_probabilities",),
         "torchvision's weights fed 0-255 pixels instead of 0-1 ones (the wrong classes of the issue)",
     ),
+    Mutant(
+        "reuse-ignores-mean-image",
+        "steps",
+        "alexnet_jax/programs.py",
+        'return ("array", array.shape, array.dtype.str, hashlib.sha256(array.tobytes()).digest())',
+        'return ("array", array.shape, array.dtype.str)',
+        ("tests/test_programs.py",),
+        "a step built for one mean image reused for another of the same shape (another dataset's run in a sweep)",
+    ),
+    Mutant(
+        "reuse-by-equality-alone",
+        "steps",
+        "alexnet_jax/programs.py",
+        "return (type(value).__qualname__, value, repr(value))",
+        "return (type(value).__qualname__, value)",
+        ("tests/test_programs.py",),
+        "arguments equal by `==` but not the same number (0.0 and -0.0) share a program",
+    ),
 )
 
 
