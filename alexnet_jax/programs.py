@@ -55,7 +55,7 @@ def reused(factory: Callable) -> Callable:
     @functools.wraps(factory)
     def build(*args, **kwargs):
         try:
-            key = (_key(args), _key(tuple(sorted((name, _key(v)) for name, v in kwargs.items()))))
+            key = (_key(args), tuple(sorted((name, _key(v)) for name, v in kwargs.items())))
         except _Unkeyable:
             return factory(*args, **kwargs)
         if key in kept:
@@ -66,5 +66,4 @@ def reused(factory: Callable) -> Callable:
             kept.popitem(last=False)
         return built
 
-    build.cache_clear = kept.clear
     return build

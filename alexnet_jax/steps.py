@@ -3,7 +3,8 @@
 Both run the network inside `shard_map` over the ('data', 'model') mesh: parameters and optimiser
 state split on `model` (one tower per device when it is 2), the batch split on `data`. A (1, 1)
 mesh is the single-device case of the same code. Batches arrive as uint8 pixels; the float
-conversion, the mean image, the crops and the colour shift happen here, on the device.
+conversion, the mean image, the crops and the colour shift happen here, on the device. The factories
+are built once per process for equal arguments (`programs.reused`), their traces and programs with them.
 """
 
 from __future__ import annotations
