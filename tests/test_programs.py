@@ -1,6 +1,12 @@
 """Jitted functions reused for equal arguments, and only for equal ones: a step built again for the
 same network, optimiser, mesh and input is the one built before, and any difference builds another."""
 
+import sys
+import threading
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 
 from alexnet_jax import optim, parallel, programs, statistics, steps, train
@@ -29,6 +35,60 @@ def test_equal_values_share_and_any_difference_builds_anew():
     assert factory(normalisation) is not factory(statistics.Normalisation(offset=mean, scale=None))
     unhashable = {"a": 1}
     assert factory(unhashable) is not factory(unhashable)  # no value-based key: built each time, as without reuse
+
+
+def test_arrays_that_compute_differently_never_share():
+    """A 0-d array and a 1-element one, a weakly typed JAX scalar and a NumPy one, two 8-bit float
+    formats of the same bytes, a NumPy scalar and the Python float of its value: each its own."""
+    factory = programs.reused(lambda *args: object())
+    e4m3, e4m3fnuz = np.ones(1, ml_dtypes.float8_e4m3fn), np.ones(1, ml_dtypes.float8_e4m3fnuz).view(np.uint8)
+    cases = [
+        (np.float32(2.0), np.array([2.0], np.float32)),
+        (jnp.asarray(2.0), np.float32(2.0)),
+        (e4m3, e4m3fnuz.view(ml_dtypes.float8_e4m3fnuz)),
+        (np.float64(0.5), 0.5),
+    ]
+    for one, other in cases:
+        assert factory(one) is not factory(other), (one, other)
+    assert factory(jnp.asarray([1.0, 2.0])) is factory(jnp.asarray([1.0, 2.0]))
+
+
+def test_traced_arguments_build_anew_and_threads_share_safely():
+    """A traced argument (the optimiser's momentum under `vmap`) has no value: the factory builds as
+    without reuse. Threads building and reusing at once neither fail nor lose an entry's function."""
+    params = {"w": jnp.ones(2)}
+    velocities = jax.vmap(
+        lambda m: optim.paper_sgd.__wrapped__(momentum=m).update(
+            params, optim.PaperSGDState(params), params, learning_rate=1.0
+        )[0]["w"]
+    )(jnp.array([0.0, 0.9]))
+    traced = jax.vmap(
+        lambda m: optim.paper_sgd(momentum=m).update(params, optim.PaperSGDState(params), params, learning_rate=1.0)[0][
+            "w"
+        ]
+    )(jnp.array([0.0, 0.9]))
+    np.testing.assert_array_equal(traced, velocities)
+    factory = programs.reused(lambda n: object())
+    errors = []
+
+    def hammer(offset):
+        try:
+            for i in range(6000):
+                factory((i + offset) % (programs.MAX_KEPT + 2))
+        except Exception as error:  # noqa: BLE001 (any error is the failure)
+            errors.append(error)
+
+    threads = [threading.Thread(target=hammer, args=(k,)) for k in range(6)]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(switch)
+    assert errors == []
 
 
 def test_the_least_recently_used_function_goes_first():
