@@ -103,8 +103,11 @@ def config_of(**changes):
     config = smoke.get_config()
     config.parallel.data = 1
     for key, value in changes.items():
-        group, field = key.split("__")
-        config[group][field] = value
+        if "__" in key:
+            group, field = key.split("__")
+            config[group][field] = value
+        else:
+            config[key] = value
     return config
 
 
@@ -114,6 +117,9 @@ def test_a_config_built_again_reuses_its_steps_and_every_field_of_the_network_or
     first, again = train.build(config_of()), train.build(config_of())
     assert again.train_step is first.train_step and again.eval_steps["centre"] is first.eval_steps["centre"]
     assert again.optimizer is first.optimizer
+    # What a sweep varies between runs of one network: the seed, the rate, the schedule, the epochs.
+    varied = train.build(config_of(seed=1, optim__learning_rate=0.05, schedule__kind="cosine", train__num_epochs=3))
+    assert varied.train_step is first.train_step and varied.eval_steps["centre"] is first.eval_steps["centre"]
     for change in (
         {"model__dropout_rate": 0.4},
         {"optim__momentum": 0.8},
