@@ -14,6 +14,9 @@ from alexnet_jax import main as main_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
 def cli_env(devices: int = 1) -> dict:
     """The environment of a command-line run on `devices` simulated CPU devices (the tests' own 8
     would make every run 8-way data-parallel on a 2-core machine)."""
@@ -23,7 +26,9 @@ def cli_env(devices: int = 1) -> dict:
         for k, v in os.environ.items()
         if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS", "TF_USE_LEGACY_KERAS")
     }
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    # The tests' other XLA flags (the conftest's compiler settings) kept; the device count replaced.
+    flags = [flag for flag in env.get("XLA_FLAGS", "").split() if not flag.startswith(DEVICE_COUNT_FLAG)]
+    env["XLA_FLAGS"] = " ".join([*flags, f"{DEVICE_COUNT_FLAG}={devices}"])
     return env
 
 

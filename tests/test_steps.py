@@ -1,6 +1,8 @@
 """The steps on the device: normalisation and test-time crops equal the host's, micro-batches, and the
 refusal of a non-finite update."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,3 +87,46 @@ def test_a_non_finite_update_is_refused_and_remembered():
     state, _ = train_step(state, parallel.host_batch_to_global(batch, mesh), jax.random.key(1))
     assert int(state.step) == 3 and float(state.nonfinite[0]) == 2
     assert_trees_equal((state.params, state.opt_state), before)
+
+
+# XLA's own values of the compiler settings that tests/conftest.py changes (for speed only).
+XLA_DEFAULTS = {"xla_backend_optimization_level": 2, "xla_cpu_use_fusion_emitters": True}
+
+
+def test_the_tests_compiler_settings_change_no_number(paper_params):
+    """The tests compile with less optimisation than XLA's defaults (tests/conftest.py): a training
+    step (convolutions, LRN, pooling, dropout, their gradients, the update) and the paper's 10-crop
+    evaluation at 224 x 224 with 1,000 classes, both on two towers, give the same bits either way."""
+    flags = [flag.split("=")[0].lstrip("-") for flag in os.environ["XLA_FLAGS"].split()]
+    assert set(flags) - {"xla_force_host_platform_device_count"} == XLA_DEFAULTS.keys()
+    mesh = parallel.make_mesh(1, 2)
+    net, optimizer = alexnet.AlexNet(num_classes=4, fc_width=512), optim.paper_sgd()
+    rng = np.random.default_rng(0)
+    batch = {"images": rng.normal(0, 50, (4, 64, 64, 3)).astype(np.float32), "labels": np.arange(4, dtype=np.int32)}
+    batch = parallel.host_batch_to_global(batch, mesh)
+
+    def fresh_state():  # the step takes its state over (donation): one for each compilation
+        return steps.create_train_state(net, optimizer, mesh, jax.random.key(0), 64, 0.01)
+
+    lowered = steps.make_train_step(net, optimizer, mesh).lower(fresh_state(), batch, jax.random.key(1))
+    ours, xlas = (
+        jax.device_get(compiled(fresh_state(), batch, jax.random.key(1)))
+        for compiled in (lowered.compile(), lowered.compile(compiler_options=XLA_DEFAULTS))
+    )
+    assert_trees_equal(ours, xlas)
+
+    paper = alexnet.AlexNet()
+    params = parallel.shard(paper_params, mesh, parallel.param_specs(paper_params))
+    mean = rng.uniform(90, 140, (256, 256, 3)).astype(np.float32)
+    images = {
+        "images": rng.integers(0, 256, (2, 256, 256, 3), dtype=np.uint8),
+        "labels": np.array([3, 999], np.int32),
+        "mask": np.ones(2, np.float32),
+    }
+    images = parallel.host_batch_to_global(images, mesh)
+    lowered = steps.make_eval_step(paper, mesh, mean, 224, ten_crop=True).lower(params, images)
+    ours, xlas = (
+        jax.device_get(compiled(params, images))
+        for compiled in (lowered.compile(), lowered.compile(compiler_options=XLA_DEFAULTS))
+    )
+    assert_trees_equal(ours, xlas)
