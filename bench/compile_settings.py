@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 
+# The second: tests/conftest.py's COMPILE_FLAGS (tests/test_steps.py checks that they stay the same).
 SETTINGS = {
     "XLA's defaults": "",
     "the tests'": "--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false",
@@ -26,15 +27,13 @@ SETTINGS = {
 def measure() -> dict:
     """In this process: compile the step, run it once, and digest what it returned."""
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
-    from alexnet_jax import networks, optim, parallel, steps
+    from alexnet_jax import optim, parallel, steps
     from alexnet_jax.networks import alexnet
 
     net, mesh = alexnet.AlexNet(), parallel.make_mesh(1, 2)
     optimizer = optim.paper_sgd(momentum=0.9, weight_decay=5e-4)
-    params = networks.init_params(net, jax.random.key(1), 224)
     rng, batch_size = np.random.default_rng(0), 16
     batch = {
         "images": rng.integers(0, 256, (batch_size, 224, 224, 3), dtype=np.uint8),
@@ -45,14 +44,7 @@ def measure() -> dict:
         "lighting": rng.normal(0, 10, (batch_size, 3)).astype(np.float32),
     }
     batch = parallel.host_batch_to_global(batch, mesh)
-    velocity = optimizer.init(params)
-    state = steps.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=parallel.shard(params, mesh, parallel.param_specs(params)),
-        opt_state=parallel.shard(velocity, mesh, parallel.param_specs(velocity)),
-        learning_rate=jnp.float32(0.01),
-        nonfinite=jnp.zeros(3, jnp.float32),
-    )
+    state = steps.create_train_state(net, optimizer, mesh, jax.random.key(1), 224, 0.01)
     mean = rng.uniform(90, 140, (256, 256, 3)).astype(np.float32)
     lowered = steps.make_train_step(net, optimizer, mesh, mean, 8).lower(state, batch, jax.random.key(2))
     start = time.process_time()

@@ -12,7 +12,7 @@ import tempfile
 
 # XLA's compiler at less cost on the CPU: LLVM's optimisation level 1 instead of 2, and XLA's older
 # elemental code generator for the fused element-wise loops instead of its newer fusion emitters. The
-# paper's training step compiles with 4.5 s of CPU time instead of 8.1 s, runs as fast, and gives the
+# paper's training step compiles with 4.9 s of CPU time instead of 8.9 s, runs as fast, and gives the
 # same bits (bench/compile_settings.py; tests/test_steps.py checks the bits in every run). Command-line
 # runs started by the tests keep these flags (`helpers.cli_env`): the same programs, one cache.
 COMPILE_FLAGS = "--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false"

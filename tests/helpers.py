@@ -1,6 +1,7 @@
 """What several test modules share: command-line runs and tree comparisons."""
 
 import hashlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -15,6 +16,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def bench_module(name: str):
+    """bench/NAME.py loaded as a module (bench/ is a folder of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(ROOT, "bench", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def cli_env(devices: int = 1) -> dict:

@@ -2,7 +2,6 @@
 network computes ours (PyTorch comes with requirements-test.txt); their Markdown rows carry the
 measured figures."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, cli_env, labels_with_hits
+from tests.helpers import ROOT, bench_module, cli_env, labels_with_hits
 
 
 def test_the_gpu_profile_runs_in_its_reduced_form():
@@ -61,10 +60,7 @@ def test_the_gpu_command_runs_in_its_reduced_form(tmp_path):
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("torch_compare", os.path.join(ROOT, "bench", "torch_compare.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("torch_compare")
 
 
 def test_markdown_section_lists_every_row(bench):
@@ -150,11 +146,7 @@ def test_the_input_pipeline_benchmark_measures_each_format_and_scales_it(tmp_pat
     """bench/input_pipeline.py's pieces in this process at a few images: JPEGs of real photos, both
     copies prepare writes, repeated; the training and evaluation rates with the transfer to the
     device; and the epoch estimates, which follow from the rates as the docstring says."""
-    spec = importlib.util.spec_from_file_location(
-        "bench_input_pipeline", os.path.join(ROOT, "bench", "input_pipeline.py")
-    )
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = bench_module("input_pipeline")
     raw = str(tmp_path / "raw")
     bench.make_jpegs(raw, 16)
     rows = []

@@ -12,7 +12,7 @@ from alexnet_jax import datasets, input_pipeline, optim, parallel, steps
 from alexnet_jax.networks import alexnet
 from configs import smoke
 from tests.conftest import COMPILE_FLAGS
-from tests.helpers import assert_trees_equal
+from tests.helpers import assert_trees_equal, bench_module
 
 
 def test_micro_batch_resolution():
@@ -100,6 +100,7 @@ def test_the_tests_compiler_settings_change_no_number(paper_params):
     evaluation at 224 x 224 with 1,000 classes, both on two towers, give the same bits either way."""
     assert {flag.split("=")[0].lstrip("-") for flag in COMPILE_FLAGS.split()} == XLA_DEFAULTS.keys()
     assert COMPILE_FLAGS in os.environ["XLA_FLAGS"]
+    assert bench_module("compile_settings").SETTINGS["the tests'"] == COMPILE_FLAGS  # what the benchmark measures
     mesh = parallel.make_mesh(1, 2)
     net, optimizer = alexnet.AlexNet(num_classes=4, fc_width=512), optim.paper_sgd()
     rng = np.random.default_rng(0)
@@ -110,11 +111,7 @@ def test_the_tests_compiler_settings_change_no_number(paper_params):
         return steps.create_train_state(net, optimizer, mesh, jax.random.key(0), 64, 0.01)
 
     lowered = steps.make_train_step(net, optimizer, mesh).lower(fresh_state(), batch, jax.random.key(1))
-    ours, xlas = (
-        jax.device_get(compiled(fresh_state(), batch, jax.random.key(1)))
-        for compiled in (lowered.compile(), lowered.compile(compiler_options=XLA_DEFAULTS))
-    )
-    assert_trees_equal(ours, xlas)
+    assert_trees_equal(*outputs_both_ways(lowered, lambda: (fresh_state(), batch, jax.random.key(1))))
 
     paper = alexnet.AlexNet()
     params = parallel.shard(paper_params, mesh, parallel.param_specs(paper_params))
@@ -126,8 +123,11 @@ def test_the_tests_compiler_settings_change_no_number(paper_params):
     }
     images = parallel.host_batch_to_global(images, mesh)
     lowered = steps.make_eval_step(paper, mesh, mean, 224, ten_crop=True).lower(params, images)
-    ours, xlas = (
-        jax.device_get(compiled(params, images))
-        for compiled in (lowered.compile(), lowered.compile(compiler_options=XLA_DEFAULTS))
-    )
-    assert_trees_equal(ours, xlas)
+    assert_trees_equal(*outputs_both_ways(lowered, lambda: (params, images)))
+
+
+def outputs_both_ways(lowered, arguments):
+    """What `lowered` computes from `arguments()` compiled with this process's flags and with XLA's
+    defaults (fresh arguments for each: a step may take its state over)."""
+    compiled = (lowered.compile(), lowered.compile(compiler_options=XLA_DEFAULTS))
+    return [jax.device_get(program(*arguments())) for program in compiled]
