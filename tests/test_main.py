@@ -1,5 +1,7 @@
 """The command line: a quiet start, one line and exit code 2 for each kind of user mistake."""
 
+import gc
+
 import pytest
 
 from alexnet_jax import cli, config_check
@@ -64,6 +66,19 @@ def test_a_run_starts_with_our_own_first_line(tmp_path):
     assert code == 2 and "oneDNN" in err and "Traceback" in err
     imported = [line.split("|")[-1].strip() for line in err.splitlines() if line.startswith("import time:")]
     assert "tensorflow" in imported and not [name for name in imported if name.split(".")[0] == "keras"]
+
+
+def test_a_tool_collects_garbage_once_its_imports_are_done(monkeypatch):
+    """A tool's own process holds the garbage collector off while it imports (cli.py); the work the
+    tool then does runs with it on, as a long training run needs."""
+    monkeypatch.setattr(cli, "_TOOL_PROCESS", True)
+    seen = []
+    gc.disable()
+    try:
+        cli.execute(lambda argv: seen.append(gc.isenabled()), [])
+    finally:
+        gc.enable()
+    assert seen == [True]
 
 
 def test_config_check_names_the_field():
