@@ -10,6 +10,10 @@ import os
 import shutil
 import tempfile
 
+# The garbage collector held off while this file and the test files import JAX, TensorFlow and PyTorch
+# (as in the tools' own processes: alexnet_jax/cli.py), back on once they have (`_collector_back_on`).
+gc.disable()
+
 # XLA's compiler at less cost on the CPU: LLVM's optimisation level 1 instead of 2, and XLA's older
 # elemental code generator for the fused element-wise loops instead of its newer fusion emitters. The
 # paper's training step compiles with 4.9 s of CPU time instead of 8.9 s, runs as fast, and gives the
@@ -90,10 +94,22 @@ def pytest_unconfigure(config):
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
-def pytest_collection_finish(session):
+def _collector_back_on():
     """The objects made so far (JAX's, TensorFlow's, PyTorch's, the test modules') live to the end:
-    kept out of the garbage collector's full passes, which would walk them again and again."""
-    gc.freeze()
+    kept out of the garbage collector's full passes, which would walk them again and again; and the
+    collector, held off while they were imported, back on."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
+def pytest_collection_finish(session):
+    _collector_back_on()  # a test process, once it has imported the test files
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session):
+    _collector_back_on()  # pytest-xdist's controller, which collects nothing
 
 
 def pytest_collection_modifyitems(items):
