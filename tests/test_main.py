@@ -72,13 +72,14 @@ def test_a_tool_collects_garbage_once_its_imports_are_done(monkeypatch):
     """A tool's own process holds the garbage collector off while it imports (cli.py); the work the
     tool then does runs with it on, as a long training run needs."""
     monkeypatch.setattr(cli, "_TOOL_PROCESS", True)
-    seen = []
+    frozen, seen = [], []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))  # not this test process's objects
     gc.disable()
     try:
         cli.execute(lambda argv: seen.append(gc.isenabled()), [])
     finally:
         gc.enable()
-    assert seen == [True]
+    assert seen == [True] and frozen == [True]
 
 
 def test_config_check_names_the_field():
