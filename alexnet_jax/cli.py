@@ -48,7 +48,7 @@ if _TOOL_PROCESS:
 # grow. In a tool's own process the collector waits until the imports are done, and then leaves the
 # objects they made out of its walks (`_imports_done`, called by `execute`): a command refused after
 # its imports (`python -m alexnet_jax.main --config=configs/smoke.py --workdir=W
-# --config.optim.learning_rate=-1` under /usr/bin/time) took 1.9 s of CPU time instead of 2.55 s.
+# --config.optim.learning_rate=-1` under /usr/bin/time) took 1.9 s of user CPU time, not 2.55 s.
 if _TOOL_PROCESS:
     gc.disable()
 # At exit, Python's last garbage collection walks every object TensorFlow and JAX created (over a
