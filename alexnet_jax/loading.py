@@ -45,6 +45,10 @@ from alexnet_jax import (
 from alexnet_jax import weights as weights_lib
 from alexnet_jax import workdir as workdir_lib
 
+# The flags NetworkSource defines (--workdir, --weights, --allow_pickle) belong to the tool that makes
+# it: `--help` lists them with the tool's own.
+flags.disclaim_key_flags()
+
 
 @dataclasses.dataclass(frozen=True)
 class Network:
@@ -238,6 +242,12 @@ def _bool_flag(argv: list[str], name: str) -> bool:
     return value
 
 
+def _asks_for_help(argv: list[str]) -> bool:
+    """Whether `argv` holds one of absl's help flags (--help, -?, --helpshort, --helpfull, --helpxml)."""
+    names = ("help", "?", "helpshort", "helpfull", "helpxml")
+    return any(arg.startswith("-") and arg.lstrip("-").split("=", 1)[0] in names for arg in argv[1:])
+
+
 class NetworkSource:
     """The flags that say where a tool's network comes from (module docstring), and what they give.
 
@@ -276,7 +286,12 @@ class NetworkSource:
         try:
             base = self._base_config()
         except (ValueError, FileNotFoundError, KeyError, ImportError, SyntaxError) as error:
-            cli.fail(str(error).strip().splitlines()[-1] if isinstance(error, SyntaxError) else str(error))
+            if not _asks_for_help(argv):
+                cli.fail(str(error).strip().splitlines()[-1] if isinstance(error, SyntaxError) else str(error))
+            # --help without a source that gives a config: absl lists the flags all the same (and exits);
+            # --config's fields are the source's, and there are none to apply overrides to.
+            base = ml_collections.ConfigDict()
+            argv = [arg for arg in argv if not arg.startswith(("--config.", "-config."))]
         try:  # config_flags applies the overrides as it defines the flag, and again as it parses
             self._holder = config_flags.DEFINE_config_dict(
                 "config",

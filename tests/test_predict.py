@@ -18,7 +18,7 @@ from alexnet_jax import weights as weights_lib
 from alexnet_jax import workdir as workdir_lib
 from configs import smoke
 from tests import numpy_reference
-from tests.helpers import ROOT, workdir_with
+from tests.helpers import ROOT, run_module, workdir_with
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +120,16 @@ def test_cli_with_config_overrides(run, tmp_path, capsys):
         .splitlines()[-1]
         .startswith("error: none of the 2 input file(s) could be read as an image")
     )
+
+
+def test_help_lists_the_tools_flags_without_a_source():
+    """`--help` needs no network: absl's usage (exit code 1, as absl's help always exits) with the
+    tool's own flags and those that name the source, an override on the line notwithstanding."""
+    code, out, err = run_module("alexnet_jax.predict", "--help", "--config.data.resize_size=256")
+    assert code == 1 and "error" not in err, err[-2000:]
+    assert out.startswith("Top-k classes of image files")
+    for flag in ("--[no]ten_crop:", "--top:", "--workdir:", "--weights:", "--[no]allow_pickle:"):
+        assert f"\n  {flag}" in out, flag
 
 
 def test_export_a_workdir_best_checkpoint(run, tmp_path):
