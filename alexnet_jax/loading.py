@@ -243,9 +243,16 @@ def _bool_flag(argv: list[str], name: str) -> bool:
 
 
 def _asks_for_help(argv: list[str]) -> bool:
-    """Whether `argv` holds one of absl's help flags (--help, -?, --helpshort, --helpfull, --helpxml)."""
-    names = ("help", "?", "helpshort", "helpfull", "helpxml")
-    return any(arg.startswith("-") and arg.lstrip("-").split("=", 1)[0] in names for arg in argv[1:])
+    """Whether `argv` turns on one of absl's help flags (--help, -?, --helpshort, --helpfull,
+    --helpxml) before a `--`, which ends the flags."""
+    for arg in argv[1:]:
+        if arg == "--":
+            return False
+        name, equals, value = arg.lstrip("-").partition("=")
+        if arg.startswith("-") and name in ("help", "?", "helpshort", "helpfull", "helpxml"):
+            if not equals or value.lower() not in ("false", "f", "0"):
+                return True
+    return False
 
 
 class NetworkSource:
@@ -283,15 +290,15 @@ class NetworkSource:
                 self.workdir, self.weights = (
                     (positional[0], None) if os.path.isdir(positional[0]) else (None, positional[0])
                 )
+        asks_for_help = _asks_for_help(argv)
+        if asks_for_help:  # absl lists the flags and exits: the overrides on the line are not applied
+            argv = [arg for arg in argv if not arg.startswith(("--config.", "-config."))]
         try:
             base = self._base_config()
         except (ValueError, FileNotFoundError, KeyError, ImportError, SyntaxError) as error:
-            if not _asks_for_help(argv):
+            if not asks_for_help:
                 cli.fail(str(error).strip().splitlines()[-1] if isinstance(error, SyntaxError) else str(error))
-            # --help without a source that gives a config: absl lists the flags all the same (and exits);
-            # --config's fields are the source's, and there are none to apply overrides to.
-            base = ml_collections.ConfigDict()
-            argv = [arg for arg in argv if not arg.startswith(("--config.", "-config."))]
+            base = ml_collections.ConfigDict()  # no source to give --config its fields: the other flags
         try:  # config_flags applies the overrides as it defines the flag, and again as it parses
             self._holder = config_flags.DEFINE_config_dict(
                 "config",

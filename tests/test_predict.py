@@ -122,14 +122,18 @@ def test_cli_with_config_overrides(run, tmp_path, capsys):
     )
 
 
-def test_help_lists_the_tools_flags_without_a_source():
+def test_help_lists_the_tools_flags_without_a_source(capsys):
     """`--help` needs no network: absl's usage (exit code 1, as absl's help always exits) with the
-    tool's own flags and those that name the source, an override on the line notwithstanding."""
-    code, out, err = run_module("alexnet_jax.predict", "--help", "--config.data.resize_size=256")
+    tool's own flags and those that name the source, an override on the line notwithstanding. A help
+    flag turned off, or after `--`, asks for nothing: the missing source is the usual one line."""
+    code, out, err = run_module("alexnet_jax.predict", "--help", "--config.no_such_field=1")
     assert code == 1 and "error" not in err, err[-2000:]
     assert out.startswith("Top-k classes of image files")
     for flag in ("--[no]ten_crop:", "--top:", "--workdir:", "--weights:", "--[no]allow_pickle:"):
         assert f"\n  {flag}" in out, flag
+    for argv in (["--help=false", "x.png"], ["x.png", "--", "-?"]):
+        assert predict.run_command_line(argv) == 2, argv
+        assert "error: give --workdir=DIR" in capsys.readouterr().err, argv
 
 
 def test_export_a_workdir_best_checkpoint(run, tmp_path):
