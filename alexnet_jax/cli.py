@@ -40,16 +40,16 @@ if not _verbose(sys.argv):
 # Keras's optimisers; the tools use tf.data alone. With tf.keras pointed at the legacy package, which
 # they do not install, TensorFlow skips that import. Only in a tool's own process (`python -m
 # alexnet_jax.TOOL`): a notebook that imports a tool may want tf.keras. A value set is kept.
-_TOOL_PROCESS = getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", "").startswith("alexnet_jax.")
-if _TOOL_PROCESS:
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+#
 # Python's garbage collector walks every live object at each full collection, and the imports of
 # TensorFlow and JAX make several hundred thousand objects, so that the walks repeat while they
 # grow. In a tool's own process the collector waits until the imports are done, and then leaves the
-# objects they made out of its walks (`_imports_done`, called by `execute`): a command refused after
+# objects they made out of its walks (`end_import_pause`, called by `execute`): a command refused after
 # its imports (`python -m alexnet_jax.main --config=configs/smoke.py --workdir=W
 # --config.optim.learning_rate=-1` under /usr/bin/time) took 1.9 s of user CPU time, not 2.55 s.
+_TOOL_PROCESS = getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", "").startswith("alexnet_jax.")
 if _TOOL_PROCESS:
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     gc.disable()
 # At exit, Python's last garbage collection walks every object TensorFlow and JAX created (over a
 # second); the process is ending, so those objects need no walk. Objects made after the freeze (by
@@ -173,10 +173,11 @@ def os_error_message(error: OSError) -> str:
     )
 
 
-def _imports_done() -> None:
-    """In a tool's own process: the garbage collector back on, the objects made so far (the imports')
-    out of its walks."""
-    if _TOOL_PROCESS and not gc.isenabled():
+def end_import_pause() -> None:
+    """The garbage collector, held off while the libraries were imported, back on, and the objects
+    made so far (the imports', which live to the end) left out of its walks. For a tool's own process
+    (`execute`) and the tests' (tests/conftest.py)."""
+    if not gc.isenabled():
         gc.freeze()
         gc.enable()
 
@@ -185,7 +186,8 @@ def execute(main: Callable[[list[str]], None], argv: list[str], user_errors: tup
     """Runs `main(argv)` (flags already parsed) with our logging; `user_errors` (and UserError,
     ValueError, FileNotFoundError, and every other operating-system error) end in one line and exit
     code 2. SIGTERM and SIGINT end it with one line and exit code 0, the work kept (stopping.py)."""
-    _imports_done()
+    if _TOOL_PROCESS:
+        end_import_pause()
     setup_logging()
     try:
         with stopping.signals_interrupt():

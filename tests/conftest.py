@@ -11,7 +11,7 @@ import shutil
 import tempfile
 
 # The garbage collector held off while this file and the test files import JAX, TensorFlow and PyTorch
-# (as in the tools' own processes: alexnet_jax/cli.py), back on once they have (`_collector_back_on`).
+# (as in the tools' own processes: alexnet_jax/cli.py), back on once they have (`cli.end_import_pause`).
 gc.disable()
 
 # XLA's compiler at less cost on the CPU: LLVM's optimisation level 1 instead of 2, and XLA's older
@@ -56,7 +56,7 @@ except ImportError:  # a CPU build of PyTorch, or none
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from alexnet_jax import networks  # noqa: E402
+from alexnet_jax import cli, networks  # noqa: E402
 from alexnet_jax.networks import alexnet  # noqa: E402
 
 # Test files longest first (as measured on a 2-core machine, `pytest --durations=0` summed per file),
@@ -94,22 +94,13 @@ def pytest_unconfigure(config):
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
-def _collector_back_on():
-    """The objects made so far (JAX's, TensorFlow's, PyTorch's, the test modules') live to the end:
-    kept out of the garbage collector's full passes, which would walk them again and again; and the
-    collector, held off while they were imported, back on."""
-    if not gc.isenabled():
-        gc.freeze()
-        gc.enable()
-
-
 def pytest_collection_finish(session):
-    _collector_back_on()  # a test process, once it has imported the test files
+    cli.end_import_pause()  # a test process, once it has imported the test files
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtestloop(session):
-    _collector_back_on()  # pytest-xdist's controller, which collects nothing
+    cli.end_import_pause()  # pytest-xdist's controller, which collects nothing
 
 
 def pytest_collection_modifyitems(items):
