@@ -218,41 +218,50 @@ def load_network(workdir=None, weights=None, config=None, allow_pickle=False, ra
 # --------------------------------------------------------------------------------- the flags
 
 
+# absl's spellings of a boolean flag's value (absl.flags BooleanParser), and its help flags.
+_BOOLEANS = {"true": True, "t": True, "1": True, "false": False, "f": False, "0": False}
+_HELP_FLAGS = ("help", "?", "helpshort", "helpfull", "helpxml")
+
+
+def _early_flags(argv: list[str], valued: tuple[str, ...] = ("workdir", "weights")):
+    """(name, value) of each flag on `argv` (program name first), walked as absl's parser walks it:
+    one or two dashes, `=VALUE` or, for the flags in `valued`, the next argument; None for a flag
+    given bare; `--` ends the flags. For what must be known before absl parses the line: where the
+    network comes from, whether a pickle may be read to find its config, whether help is asked."""
+    args = iter(argv[1:])
+    for arg in args:
+        if arg == "--":
+            return
+        if arg.startswith("-") and arg != "-":
+            name, equals, value = (arg[2:] if arg.startswith("--") else arg[1:]).partition("=")
+            yield name, value if equals else (next(args, None) if name in valued else None)
+
+
 def _flag_value(argv: list[str], name: str) -> str | None:
-    """The last value of `--name=V` or `--name V` in argv (absl's two forms), else None."""
+    """The last value absl will give the string flag `name`, else None."""
     value = None
-    for i, arg in enumerate(argv):
-        for dashes in ("--", "-"):
-            if arg.startswith(f"{dashes}{name}="):
-                value = arg.split("=", 1)[1]
-            elif arg == f"{dashes}{name}" and i + 1 < len(argv):
-                value = argv[i + 1]
+    for flag, setting in _early_flags(argv):
+        if flag == name:
+            value = setting
     return value
 
 
 def _bool_flag(argv: list[str], name: str) -> bool:
+    """What absl will give the boolean flag `name`: `--name`, `--name=true|t|1|false|f|0` (any case),
+    `--noname`, the last one counting; ValueError for a value absl refuses."""
     value = False
-    for arg in argv:
-        if arg in (f"--{name}", f"-{name}"):
+    for flag, setting in _early_flags(argv):
+        if flag == name and setting is None:
             value = True
-        elif arg in (f"--no{name}", f"-no{name}"):
+        elif flag == name:
+            if setting.lower() not in _BOOLEANS:
+                raise ValueError(f"--{name}={setting}: a boolean flag is true, t, 1, false, f or 0")
+            value = _BOOLEANS[setting.lower()]
+        elif flag == f"no{name}":
+            if setting is not None:
+                raise ValueError(f"--no{name}={setting}: --no{name} takes no value")
             value = False
-        elif arg.startswith(f"--{name}="):
-            value = arg.split("=", 1)[1].lower() in ("true", "1", "yes")
     return value
-
-
-def _asks_for_help(argv: list[str]) -> bool:
-    """Whether `argv` turns on one of absl's help flags (--help, -?, --helpshort, --helpfull,
-    --helpxml) before a `--`, which ends the flags."""
-    for arg in argv[1:]:
-        if arg == "--":
-            return False
-        name, equals, value = arg.lstrip("-").partition("=")
-        if arg.startswith("-") and name in ("help", "?", "helpshort", "helpfull", "helpxml"):
-            if not equals or value.lower() not in ("false", "f", "0"):
-                return True
-    return False
 
 
 class NetworkSource:
@@ -283,14 +292,17 @@ class NetworkSource:
         its overrides on it, and parses every flag; mistakes end in one line, exit code 2."""
         argv, self.config_spec = self._without_config_spec(argv)
         self.workdir, self.weights = _flag_value(argv, "workdir"), _flag_value(argv, "weights")
-        self.allow_pickle = _bool_flag(argv, "allow_pickle")
+        try:
+            self.allow_pickle = _bool_flag(argv, "allow_pickle")
+            asks_for_help = any(_bool_flag(argv, name) for name in _HELP_FLAGS)
+        except ValueError as error:
+            cli.fail(str(error))
         if self.positional_source and not (self.workdir or self.weights):
             positional = [a for a in argv[1:] if not a.startswith("-")]
             if positional:
                 self.workdir, self.weights = (
                     (positional[0], None) if os.path.isdir(positional[0]) else (None, positional[0])
                 )
-        asks_for_help = _asks_for_help(argv)
         if asks_for_help:  # absl lists the flags and exits: the overrides on the line are not applied
             argv = [arg for arg in argv if not arg.startswith(("--config.", "-config."))]
         try:
@@ -316,17 +328,19 @@ class NetworkSource:
 
     @staticmethod
     def _without_config_spec(argv: list[str]) -> tuple[list[str], str | None]:
+        """`argv` without its `--config=FILE` (or `--config FILE`) before any `--`, and FILE."""
+        end = argv.index("--") if "--" in argv else len(argv)
         kept, spec, skip = [], None, False
-        for i, arg in enumerate(argv):
+        for i, arg in enumerate(argv[:end]):
             if skip:
                 skip = False
             elif arg.startswith(("--config=", "-config=")):
                 spec = arg.split("=", 1)[1]
-            elif arg in ("--config", "-config") and i + 1 < len(argv):
+            elif arg in ("--config", "-config") and i + 1 < end:
                 spec, skip = argv[i + 1], True
             else:
                 kept.append(arg)
-        return kept, spec
+        return kept + argv[end:], spec
 
     def _base_config(self) -> ml_collections.ConfigDict:
         if self.workdir and self.weights:

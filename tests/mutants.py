@@ -251,6 +251,19 @@ MUTANTS = (
         "Caffe's conv1 imported for BGR images",
     ),
     Mutant(
+        "pickle-flag-after-double-dash",
+        "weights",
+        "alexnet_jax/loading.py",
+        """        if arg == "--":
+            return
+""",
+        """        if arg == "--":
+            continue
+""",
+        ("tests/test_loading.py",),
+        "an `--allow_pickle` after `--` (a positional argument for absl) lets a pickle be read",
+    ),
+    Mutant(
         "predict-least-probable-first",
         "predict",
         "alexnet_jax/predict.py",

@@ -128,7 +128,12 @@ def test_convert_command_between_formats(tmp_path, torch_weights, capsys):
     weights_lib.convert(str(tmp_path / "a.npz"), str(tmp_path / "caffe.npy"))
     with pytest.raises(weights_lib.PickleRefused):
         weights_lib.convert(str(tmp_path / "caffe.npy"), str(tmp_path / "b.npz"))
-    code = weights_lib.run_command_line(["--allow_pickle", str(tmp_path / "caffe.npy"), str(tmp_path / "b.npz")])
+    # A value absl refuses stops before the pickle is read; absl's own spellings (here t) are read as absl reads them.
+    refused = weights_lib.run_command_line(["--allow_pickle=yes", str(tmp_path / "caffe.npy"), str(tmp_path / "b.npz")])
+    err = capsys.readouterr().err
+    assert refused == 2 and err.count("error:") == 1 and "--allow_pickle=yes" in err and "Traceback" not in err
+    assert not (tmp_path / "b.npz").exists()
+    code = weights_lib.run_command_line(["--allow_pickle=t", str(tmp_path / "caffe.npy"), str(tmp_path / "b.npz")])
     out, err = capsys.readouterr()
     assert code == 0 and "8 layers, 60,965,224 parameters (" in out and "Caffe's bvlc_alexnet" in out, err[-2000:]
     back = weights_lib.load(str(tmp_path / "b.npz"))
