@@ -17,6 +17,7 @@ the configured network with every shape checked, and in its dropout convention
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import sys
@@ -218,50 +219,52 @@ def load_network(workdir=None, weights=None, config=None, allow_pickle=False, ra
 # --------------------------------------------------------------------------------- the flags
 
 
-# absl's spellings of a boolean flag's value (absl.flags BooleanParser), and its help flags.
-_BOOLEANS = {"true": True, "t": True, "1": True, "false": False, "f": False, "0": False}
-_HELP_FLAGS = ("help", "?", "helpshort", "helpfull", "helpxml")
+_HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml")  # absl.app's, `-?` short for --help
 
 
-def _early_flags(argv: list[str], valued: tuple[str, ...] = ("workdir", "weights")):
-    """(name, value) of each flag on `argv` (program name first), walked as absl's parser walks it:
-    one or two dashes, `=VALUE` or, for the flags in `valued`, the next argument; None for a flag
-    given bare; `--` ends the flags. For what must be known before absl parses the line: where the
-    network comes from, whether a pickle may be read to find its config, whether help is asked."""
-    args = iter(argv[1:])
-    for arg in args:
-        if arg == "--":
-            return
-        if arg.startswith("-") and arg != "-":
-            name, equals, value = (arg[2:] if arg.startswith("--") else arg[1:]).partition("=")
-            yield name, value if equals else (next(args, None) if name in valued else None)
+class _HelpAsked(Exception):
+    """A help flag turned on: absl prints the usage there and exits, reading no further."""
 
 
-def _flag_value(argv: list[str], name: str) -> str | None:
-    """The last value absl will give the string flag `name`, else None."""
-    value = None
-    for flag, setting in _early_flags(argv):
-        if flag == name:
-            value = setting
-    return value
+class _HelpSwitch(flags.BooleanFlag):
+    def parse(self, argument):
+        super().parse(argument)
+        if self.value:
+            raise _HelpAsked
 
 
-def _bool_flag(argv: list[str], name: str) -> bool:
-    """What absl will give the boolean flag `name`: `--name`, `--name=true|t|1|false|f|0` (any case),
-    `--noname`, the last one counting; ValueError for a value absl refuses."""
-    value = False
-    for flag, setting in _early_flags(argv):
-        if flag == name and setting is None:
-            value = True
-        elif flag == name:
-            if setting.lower() not in _BOOLEANS:
-                raise ValueError(f"--{name}={setting}: a boolean flag is true, t, 1, false, f or 0")
-            value = _BOOLEANS[setting.lower()]
-        elif flag == f"no{name}":
-            if setting is not None:
-                raise ValueError(f"--no{name}={setting}: --no{name} takes no value")
-            value = False
-    return value
+@dataclasses.dataclass(frozen=True)
+class _EarlyFlags:
+    workdir: str | None
+    weights: str | None
+    allow_pickle: bool
+    config: str | None
+    positional: list[str]
+    asks_for_help: bool
+
+
+def _read_early(flag_values: flags.FlagValues, argv: list[str]) -> _EarlyFlags:
+    """What absl will read from `argv` (program name first) for the flags needed before the network's
+    config exists, hence before its `--config.FIELD` flags do: absl's own parse of `argv`, on copies
+    of the tool's flags and a plain `--config`, the help flags stopping it where absl's print the
+    usage. A `--config.FIELD VALUE` in two arguments is the one form it cannot read as the full parse
+    will (FIELD's type is not known yet): NetworkSource.parse compares the two. flags.Error (or
+    ValueError) for a line absl refuses."""
+    early = flags.FlagValues()
+    for name in list(flag_values):
+        flag = flag_values[name]
+        if name == flag.name and name not in (*_HELP_FLAGS, "config"):
+            early[name] = copy.deepcopy(flag)
+    for name in _HELP_FLAGS:
+        flags.DEFINE_flag(_HelpSwitch(name, False, "", short_name="?" if name == "help" else None), early)
+    flags.DEFINE_string("config", None, "", flag_values=early)
+    try:
+        rest = early(argv, known_only=True)
+    except _HelpAsked:
+        return _EarlyFlags(None, None, False, None, [], True)
+    end = rest.index("--") if "--" in rest else len(rest)
+    positional = [a for a in rest[1:end] if not a.startswith("-")] + rest[end + 1 :]
+    return _EarlyFlags(early.workdir, early.weights, early.allow_pickle, early.config, positional, False)
 
 
 class NetworkSource:
@@ -290,20 +293,18 @@ class NetworkSource:
     def parse(self, argv: list[str]) -> list[str]:
         """absl's flag parser for app.run: finds the source, loads its config, defines `--config` with
         its overrides on it, and parses every flag; mistakes end in one line, exit code 2."""
-        argv, self.config_spec = self._without_config_spec(argv)
-        self.workdir, self.weights = _flag_value(argv, "workdir"), _flag_value(argv, "weights")
         try:
-            self.allow_pickle = _bool_flag(argv, "allow_pickle")
-            asks_for_help = any(_bool_flag(argv, name) for name in _HELP_FLAGS)
-        except ValueError as error:
+            early = _read_early(self.flag_values, argv)
+        except (flags.Error, ValueError) as error:  # ValueError: absl's for --noFLAG=VALUE
             cli.fail(str(error))
-        if self.positional_source and not (self.workdir or self.weights):
-            positional = [a for a in argv[1:] if not a.startswith("-")]
-            if positional:
-                self.workdir, self.weights = (
-                    (positional[0], None) if os.path.isdir(positional[0]) else (None, positional[0])
-                )
-        if asks_for_help:  # absl lists the flags and exits: the overrides on the line are not applied
+        self.workdir, self.weights, self.allow_pickle = early.workdir, early.weights, early.allow_pickle
+        self.config_spec = early.config
+        argv = self._without_config_spec(argv) if early.config is not None else argv
+        if self.positional_source and not (self.workdir or self.weights) and early.positional:
+            source = early.positional[0]
+            self.workdir, self.weights = (source, None) if os.path.isdir(source) else (None, source)
+        asks_for_help = early.asks_for_help
+        if asks_for_help:  # absl lists the flags and exits: no file is read, no override applied
             argv = [arg for arg in argv if not arg.startswith(("--config.", "-config."))]
         try:
             base = self._base_config()
@@ -320,27 +321,33 @@ class NetworkSource:
                 lock_config=True,
                 sys_argv=argv,
             )
-            return self.flag_values(argv)
+            rest = self.flag_values(argv)
         except flags.Error as error:
             cli.fail(str(error))
         except (AttributeError, KeyError) as error:  # an override of a field that does not exist
             cli.fail(cli.unknown_override(base, argv) or str(error))
+        read = self.flag_values
+        if (read.workdir, read.weights, read.allow_pickle) != (early.workdir, early.weights, early.allow_pickle):
+            cli.fail(
+                "--workdir, --weights or --allow_pickle read differently once the config's fields are known: "
+                "write each --config.FIELD override as --config.FIELD=VALUE"
+            )
+        return rest
 
     @staticmethod
-    def _without_config_spec(argv: list[str]) -> tuple[list[str], str | None]:
-        """`argv` without its `--config=FILE` (or `--config FILE`) before any `--`, and FILE."""
+    def _without_config_spec(argv: list[str]) -> list[str]:
+        """`argv` without its `--config=FILE` (or `--config FILE`) before any `--`: the full parse
+        defines `--config` as the config itself, FILE's fields with the overrides on them."""
         end = argv.index("--") if "--" in argv else len(argv)
-        kept, spec, skip = [], None, False
+        kept, skip = [], False
         for i, arg in enumerate(argv[:end]):
             if skip:
                 skip = False
-            elif arg.startswith(("--config=", "-config=")):
-                spec = arg.split("=", 1)[1]
             elif arg in ("--config", "-config") and i + 1 < end:
-                spec, skip = argv[i + 1], True
-            else:
+                skip = True
+            elif not arg.startswith(("--config=", "-config=")):
                 kept.append(arg)
-        return kept + argv[end:], spec
+        return kept + argv[end:]
 
     def _base_config(self) -> ml_collections.ConfigDict:
         if self.workdir and self.weights:

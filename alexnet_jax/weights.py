@@ -174,7 +174,10 @@ def _caffe_pair(layer: str, value) -> tuple[Any, Any]:
         if "weights" not in value or "biases" not in value:
             raise KeyError(f"Caffe layer {layer} holds {sorted(value)}, not 'weights' and 'biases'")
         return value["weights"], value["biases"]
-    kernel, bias = value
+    try:
+        kernel, bias = value
+    except (TypeError, ValueError):  # not a pair
+        raise ValueError(f"Caffe layer {layer} holds a {type(value).__name__}, not [weights, biases]") from None
     return kernel, bias
 
 

@@ -251,17 +251,14 @@ MUTANTS = (
         "Caffe's conv1 imported for BGR images",
     ),
     Mutant(
-        "pickle-flag-after-double-dash",
+        "pickle-flag-as-another-flags-value",
         "weights",
         "alexnet_jax/loading.py",
-        """        if arg == "--":
-            return
-""",
-        """        if arg == "--":
-            continue
-""",
+        'if name == flag.name and name not in (*_HELP_FLAGS, "config"):',
+        'if name in ("workdir", "weights", "allow_pickle"):',
         ("tests/test_loading.py",),
-        "an `--allow_pickle` after `--` (a positional argument for absl) lets a pickle be read",
+        "the flags read first ignore the tool's other flags: an `--allow_pickle` that is `--out`'s value lets a "
+        "pickle be read",
     ),
     Mutant(
         "predict-least-probable-first",

@@ -156,6 +156,13 @@ def test_convert_command_between_formats(tmp_path, torch_weights, capsys):
     assert weights_lib.run_command_line([str(tmp_path / "a.npz")]) == 2
 
 
+def test_a_pickled_dict_that_is_not_caffes_layers_is_one_line(tmp_path, capsys):
+    np.save(tmp_path / "odd.npy", np.array({"conv1": None}, dtype=object), allow_pickle=True)
+    assert weights_lib.run_command_line(["--allow_pickle", str(tmp_path / "odd.npy"), str(tmp_path / "o.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "Caffe layer conv1 holds a NoneType" in err and "Traceback" not in err
+
+
 def test_both_numpy_forms_of_caffe_weights_load_alike(tmp_path, torch_weights):
     canonical = weights_lib.from_torch_layout(torch_weights)
     listed = weights_lib.to_caffe_layout(canonical)
