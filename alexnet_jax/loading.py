@@ -247,9 +247,9 @@ def _read_early(flag_values: flags.FlagValues, argv: list[str]) -> _EarlyFlags:
     """What absl will read from `argv` (program name first) for the flags needed before the network's
     config exists, hence before its `--config.FIELD` flags do: absl's own parse of `argv`, on copies
     of the tool's flags and a plain `--config`, the help flags stopping it where absl's print the
-    usage. A `--config.FIELD VALUE` in two arguments is the one form it cannot read as the full parse
-    will (FIELD's type is not known yet): NetworkSource.parse compares the two. flags.Error (or
-    ValueError) for a line absl refuses."""
+    usage. flags.Error (or ValueError) for a line absl refuses but for its `--config.FIELD`s, which
+    only the full parse can check, and for a `--config.FIELD` in two arguments whose second is one
+    of these flags: whether it is FIELD's value depends on FIELD's type, known only from the source."""
     early = flags.FlagValues()
     for name in list(flag_values):
         flag = flag_values[name]
@@ -258,13 +258,27 @@ def _read_early(flag_values: flags.FlagValues, argv: list[str]) -> _EarlyFlags:
     for name in _HELP_FLAGS:
         flags.DEFINE_flag(_HelpSwitch(name, False, "", short_name="?" if name == "help" else None), early)
     flags.DEFINE_string("config", None, "", flag_values=early)
+    end = argv.index("--") if "--" in argv else len(argv)
+    read_first = {"workdir", "weights", "allow_pickle", "config", "flagfile", "undefok", "?", *_HELP_FLAGS}
+    for override, following in zip(argv[1:end], argv[2:end]):
+        name = following.lstrip("-").partition("=")[0]
+        if _is_override(override) and "=" not in override and following.startswith("-"):
+            if name in read_first or name.startswith("no") and name[2:] in read_first:
+                raise flags.Error(f"{override} {following}: write {override}=VALUE ({following} may be its value)")
     try:
         rest = early(argv, known_only=True)
     except _HelpAsked:
         return _EarlyFlags(None, None, False, None, [], True)
     end = rest.index("--") if "--" in rest else len(rest)
+    unknown = [arg for arg in rest[1:end] if arg.startswith("-") and arg != "-" and not _is_override(arg)]
+    if unknown:
+        raise flags.UnrecognizedFlagError(unknown[0].lstrip("-").partition("=")[0], unknown[0])
     positional = [a for a in rest[1:end] if not a.startswith("-")] + rest[end + 1 :]
     return _EarlyFlags(early.workdir, early.weights, early.allow_pickle, early.config, positional, False)
+
+
+def _is_override(arg: str) -> bool:
+    return arg.startswith(("--config.", "-config."))
 
 
 class NetworkSource:
@@ -299,13 +313,14 @@ class NetworkSource:
             cli.fail(str(error))
         self.workdir, self.weights, self.allow_pickle = early.workdir, early.weights, early.allow_pickle
         self.config_spec = early.config
-        argv = self._without_config_spec(argv) if early.config is not None else argv
+        if early.config is not None or early.asks_for_help:
+            argv = self._without_config_spec(argv)
         if self.positional_source and not (self.workdir or self.weights) and early.positional:
             source = early.positional[0]
             self.workdir, self.weights = (source, None) if os.path.isdir(source) else (None, source)
         asks_for_help = early.asks_for_help
         if asks_for_help:  # absl lists the flags and exits: no file is read, no override applied
-            argv = [arg for arg in argv if not arg.startswith(("--config.", "-config."))]
+            argv = [arg for arg in argv if not _is_override(arg)]
         try:
             base = self._base_config()
         except (ValueError, FileNotFoundError, KeyError, ImportError, SyntaxError) as error:

@@ -169,15 +169,23 @@ def from_caffe_layout(layers: Mapping[str, Any], model=None) -> dict[str, dict[s
     return params
 
 
-def _caffe_pair(layer: str, value) -> tuple[Any, Any]:
+def _caffe_pair(layer: str, value) -> tuple[np.ndarray, np.ndarray]:
+    """A Caffe layer's (kernel, bias), from [kernel, bias] or {"weights": kernel, "biases": bias}:
+    numeric arrays, the kernel of 2 or 4 axes (fc or conv) and the bias of one, else ValueError."""
     if isinstance(value, Mapping):
         if "weights" not in value or "biases" not in value:
             raise KeyError(f"Caffe layer {layer} holds {sorted(value)}, not 'weights' and 'biases'")
-        return value["weights"], value["biases"]
+        value = value["weights"], value["biases"]
     try:
         kernel, bias = value
+        kernel, bias = np.asarray(kernel), np.asarray(bias)
     except (TypeError, ValueError):  # not a pair
         raise ValueError(f"Caffe layer {layer} holds a {type(value).__name__}, not [weights, biases]") from None
+    if kernel.dtype.kind not in "fiu" or bias.dtype.kind not in "fiu" or kernel.ndim not in (2, 4) or bias.ndim != 1:
+        raise ValueError(
+            f"Caffe layer {layer} holds {kernel.dtype}{list(kernel.shape)} and {bias.dtype}{list(bias.shape)}, not a "
+            "kernel of 2 or 4 axes and a bias of one"
+        )
     return kernel, bias
 
 

@@ -257,8 +257,18 @@ MUTANTS = (
         'if name == flag.name and name not in (*_HELP_FLAGS, "config"):',
         'if name in ("workdir", "weights", "allow_pickle"):',
         ("tests/test_loading.py",),
-        "the flags read first ignore the tool's other flags: an `--allow_pickle` that is `--out`'s value lets a "
-        "pickle be read",
+        "the flags read first leave out the tool's other flags, whose values absl reads: `--out --allow_pickle` "
+        "(--out's value for absl) stops as an unknown --out",
+    ),
+    Mutant(
+        "unknown-flag-read-past",
+        "weights",
+        "alexnet_jax/loading.py",
+        "    if unknown:\n",
+        "    if unknown and False:\n",
+        ("tests/test_loading.py",),
+        "an unknown flag is left to the full parse: `--bogus --allow_pickle` reads the pickle before absl refuses "
+        "the line",
     ),
     Mutant(
         "predict-least-probable-first",

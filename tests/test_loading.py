@@ -34,43 +34,51 @@ def files(tmp_path_factory):
     return root
 
 
-# (tool, its arguments with {dir} for the files' folder, whether absl reads --allow_pickle as true)
+# (tool, its arguments with {dir} for the files' folder, whether absl reads --allow_pickle as true,
+# what the one error line says: the file is not a network, the pickle is refused, or the line is)
+READ, REFUSED = "holds a int, not Caffe's", "which is a Python pickle"
 LINES = [
-    (weights_lib, ["--allow_pickle=t", "{dir}/marker.npy", "{dir}/out.npz"], True),
-    (weights_lib, ["-allow_pickle=TRUE", "{dir}/marker.npy", "{dir}/out.npz"], True),
-    (weights_lib, ["--flagfile={dir}/on.flags", "{dir}/marker.npy", "{dir}/out.npz"], True),
-    (weights_lib, ["--allow_pickle", "--noallow_pickle", "{dir}/marker.npy", "{dir}/out.npz"], False),
-    (weights_lib, ["--allow_pickle", "--flagfile={dir}/off.flags", "{dir}/marker.npy", "{dir}/out.npz"], False),
-    (weights_lib, ["{dir}/marker.npy", "{dir}/out.npz", "--", "--allow_pickle"], False),  # no flag after --
-    (weights_lib, ["--undefok", "--allow_pickle", "{dir}/marker.npy", "{dir}/out.npz"], False),  # undefok's value
-    (visualize, ["--weights={dir}/marker.npy", "--out", "--allow_pickle", "kernels"], False),  # --out's value
-    (predict, ["--weights={dir}/marker.npy", "--top", "--allow_pickle", "x.png"], False),  # refused: --top's value
-    (weights_lib, ["--allow_pickle=yes", "{dir}/marker.npy", "{dir}/out.npz"], False),  # refused: not a boolean
-    (weights_lib, ["--noallow_pickle=1", "{dir}/marker.npy", "{dir}/out.npz"], False),  # refused: takes no value
+    (weights_lib, ["--allow_pickle=t", "{dir}/marker.npy", "{dir}/out.npz"], True, READ),
+    (weights_lib, ["-allow_pickle=TRUE", "{dir}/marker.npy", "{dir}/out.npz"], True, READ),
+    (weights_lib, ["--flagfile={dir}/on.flags", "{dir}/marker.npy", "{dir}/out.npz"], True, READ),
+    (weights_lib, ["--allow_pickle", "--noallow_pickle", "{dir}/marker.npy", "{dir}/out.npz"], False, REFUSED),
+    (
+        weights_lib,
+        ["--allow_pickle", "--flagfile={dir}/off.flags", "{dir}/marker.npy", "{dir}/out.npz"],
+        False,
+        REFUSED,
+    ),
+    (weights_lib, ["{dir}/marker.npy", "{dir}/out.npz", "--", "--allow_pickle"], False, REFUSED),  # no flag after --
+    (weights_lib, ["--undefok", "--allow_pickle", "{dir}/marker.npy", "{dir}/out.npz"], False, REFUSED),  # its value
+    (visualize, ["--weights={dir}/marker.npy", "--out", "--allow_pickle", "kernels"], False, REFUSED),  # --out's value
+    (predict, ["--weights={dir}/marker.npy", "--top", "--allow_pickle", "x.png"], False, "flag --top=--allow_pickle"),
+    (predict, ["--bogus", "--allow_pickle", "--weights={dir}/marker.npy", "x.png"], False, "Unknown command line flag"),
+    (summary, ["--config.model.name", "--allow_pickle", "--weights={dir}/marker.npy"], False, "write --config.model"),
+    (weights_lib, ["--allow_pickle=yes", "{dir}/marker.npy", "{dir}/out.npz"], False, "--allow_pickle=yes"),
+    (weights_lib, ["--noallow_pickle=1", "{dir}/marker.npy", "{dir}/out.npz"], False, "does not take an argument"),
 ]
 
 
 @pytest.mark.parametrize(
-    "tool,argv,allowed", LINES, ids=[f"{t.__name__.split('.')[-1]}:{','.join(a)}" for t, a, _ in LINES]
+    "tool,argv,allowed,says", LINES, ids=[f"{t.__name__.split('.')[-1]}:{','.join(a)}" for t, a, _, _ in LINES]
 )
-def test_a_pickle_is_read_exactly_when_absl_allows_it(files, capsys, tool, argv, allowed):
+def test_a_pickle_is_read_exactly_when_absl_allows_it(files, capsys, tool, argv, allowed, says):
     UNPICKLED.clear()
     code = tool.run_command_line([arg.format(dir=files) for arg in argv])
     err = capsys.readouterr().err
     assert UNPICKLED == (["read"] if allowed else [])
-    # Each line ends in one line and exit code 2: the pickle refused, absl's refusal, or (read) not a network.
-    assert code == 2 and err.count("error:") == 1 and "Traceback" not in err, err[-2000:]
-    assert ("holds a int" in err) == allowed
+    assert code == 2 and err.count("error:") == 1 and says in err and "Traceback" not in err, err[-2000:]
 
 
-def test_an_override_that_takes_a_source_flag_as_its_value_stops(capsys):
-    """`--config.FIELD VALUE` in two arguments is read once the config's fields are known: when its
-    value is one of the flags read first, the two readings differ, and the tool says so."""
+def test_an_override_in_two_arguments_stops_where_its_value_may_be_a_flag_read_first(capsys):
+    """`--config.FIELD VALUE` in two arguments: whether VALUE is FIELD's depends on FIELD's type, known
+    only once the source is read; when VALUE is one of the flags read first, the tool asks for
+    `--config.FIELD=VALUE` before it reads anything. Other values are the full parse's to read."""
     assert summary.run_command_line(["--config.model.name", "--allow_pickle"]) == 2
     err = capsys.readouterr().err
-    assert err.count("error:") == 1 and "--config.FIELD=VALUE" in err
-    assert summary.run_command_line(["--undefok", "--allow_pickle", "--config.model.num_classes=10"]) == 0
-    assert "fc8" in capsys.readouterr().out
+    assert err.count("error:") == 1 and "write --config.model.name=VALUE" in err
+    assert summary.run_command_line(["--config.model.num_classes", "10", "--undefok", "--allow_pickle"]) == 0
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("fc8")] == ["10"]
 
 
 @pytest.mark.parametrize(

@@ -126,7 +126,9 @@ def test_help_lists_the_tools_flags_without_a_source(capsys):
     """`--help` needs no network: absl's usage (exit code 1, as absl's help always exits) with the
     tool's own flags and those that name the source, an override on the line notwithstanding. A help
     flag turned off, or after `--`, asks for nothing: the missing source is the usual one line."""
-    code, out, err = run_module("alexnet_jax.predict", "--help", "--config.no_such_field=1")
+    code, out, err = run_module(
+        "alexnet_jax.predict", "--config=configs/paper.py", "--help", "--config.no_such_field=1"
+    )
     assert code == 1 and "error" not in err, err[-2000:]
     assert out.startswith("Top-k classes of image files")
     for flag in ("--[no]ten_crop:", "--top:", "--workdir:", "--weights:", "--[no]allow_pickle:"):

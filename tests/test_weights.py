@@ -156,11 +156,21 @@ def test_convert_command_between_formats(tmp_path, torch_weights, capsys):
     assert weights_lib.run_command_line([str(tmp_path / "a.npz")]) == 2
 
 
-def test_a_pickled_dict_that_is_not_caffes_layers_is_one_line(tmp_path, capsys):
-    np.save(tmp_path / "odd.npy", np.array({"conv1": None}, dtype=object), allow_pickle=True)
+@pytest.mark.parametrize(
+    "conv1,says",
+    [
+        (None, "Caffe layer conv1 holds a NoneType"),
+        ([0.0, 0.0], "Caffe layer conv1 holds float64[] and float64[]"),
+        ("ab", "Caffe layer conv1 holds <U1[] and <U1[]"),
+        ([np.zeros((3, 3)), np.zeros(3)], "is not a network this code knows"),  # a pair, of no AlexNet's layer
+    ],
+    ids=["none", "numbers", "string", "pair"],
+)
+def test_a_pickled_dict_that_is_not_caffes_layers_is_one_line(tmp_path, capsys, conv1, says):
+    np.save(tmp_path / "odd.npy", np.array({"conv1": conv1}, dtype=object), allow_pickle=True)
     assert weights_lib.run_command_line(["--allow_pickle", str(tmp_path / "odd.npy"), str(tmp_path / "o.npz")]) == 2
     err = capsys.readouterr().err
-    assert err.count("error:") == 1 and "Caffe layer conv1 holds a NoneType" in err and "Traceback" not in err
+    assert err.count("error:") == 1 and says in err and "Traceback" not in err, err
 
 
 def test_both_numpy_forms_of_caffe_weights_load_alike(tmp_path, torch_weights):
