@@ -258,7 +258,7 @@ def _read_early(flag_values: flags.FlagValues, argv: list[str]) -> _EarlyFlags:
     for name in _HELP_FLAGS:
         flags.DEFINE_flag(_HelpSwitch(name, False, "", short_name="?" if name == "help" else None), early)
     flags.DEFINE_string("config", None, "", flag_values=early)
-    end = argv.index("--") if "--" in argv else len(argv)
+    end = _end_of_flags(argv)
     read_first = {"workdir", "weights", "allow_pickle", "config", "flagfile", "undefok", "?", *_HELP_FLAGS}
     for override, following in zip(argv[1:end], argv[2:end]):
         name = following.lstrip("-").partition("=")[0]
@@ -269,7 +269,7 @@ def _read_early(flag_values: flags.FlagValues, argv: list[str]) -> _EarlyFlags:
         rest = early(argv, known_only=True)
     except _HelpAsked:
         return _EarlyFlags(None, None, False, None, [], True)
-    end = rest.index("--") if "--" in rest else len(rest)
+    end = _end_of_flags(rest)
     unknown = [arg for arg in rest[1:end] if arg.startswith("-") and arg != "-" and not _is_override(arg)]
     if unknown:
         raise flags.UnrecognizedFlagError(unknown[0].lstrip("-").partition("=")[0], unknown[0])
@@ -279,6 +279,11 @@ def _read_early(flag_values: flags.FlagValues, argv: list[str]) -> _EarlyFlags:
 
 def _is_override(arg: str) -> bool:
     return arg.startswith(("--config.", "-config."))
+
+
+def _end_of_flags(args: list[str]) -> int:
+    """Where absl stops reading flags: at the first `--`, else the end."""
+    return args.index("--") if "--" in args else len(args)
 
 
 class NetworkSource:
@@ -318,13 +323,12 @@ class NetworkSource:
         if self.positional_source and not (self.workdir or self.weights) and early.positional:
             source = early.positional[0]
             self.workdir, self.weights = (source, None) if os.path.isdir(source) else (None, source)
-        asks_for_help = early.asks_for_help
-        if asks_for_help:  # absl lists the flags and exits: no file is read, no override applied
+        if early.asks_for_help:  # absl lists the flags and exits: no file is read, no override applied
             argv = [arg for arg in argv if not _is_override(arg)]
         try:
             base = self._base_config()
         except (ValueError, FileNotFoundError, KeyError, ImportError, SyntaxError) as error:
-            if not asks_for_help:
+            if not early.asks_for_help:
                 cli.fail(str(error).strip().splitlines()[-1] if isinstance(error, SyntaxError) else str(error))
             base = ml_collections.ConfigDict()  # no source to give --config its fields: the other flags
         try:  # config_flags applies the overrides as it defines the flag, and again as it parses
@@ -353,7 +357,7 @@ class NetworkSource:
     def _without_config_spec(argv: list[str]) -> list[str]:
         """`argv` without its `--config=FILE` (or `--config FILE`) before any `--`: the full parse
         defines `--config` as the config itself, FILE's fields with the overrides on them."""
-        end = argv.index("--") if "--" in argv else len(argv)
+        end = _end_of_flags(argv)
         kept, skip = [], False
         for i, arg in enumerate(argv[:end]):
             if skip:
