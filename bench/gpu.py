@@ -27,11 +27,13 @@ that no two processes hold the device at once.
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import importlib.util
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -264,6 +266,7 @@ def measure(args) -> dict:
         # only the measuring child uses it).
         if importlib.util.find_spec("tensorflow") is not None:
             prepared = tempfile.mkdtemp(prefix="gpu_bench_prepared_")
+            atexit.register(shutil.rmtree, prepared, True)  # made-up images: gone when the run ends
             _make_prepared_copy(prepared, args.prepared_images, args.classes)
         else:
             rows.append(

@@ -1,6 +1,6 @@
-"""The benchmarks: bench/gpu.sh runs end to end in its reduced form; bench/torch_compare.py's PyTorch
-network computes ours (PyTorch comes with requirements-test.txt); their Markdown rows carry the
-measured figures."""
+"""The benchmarks: bench/gpu.sh's reduced form gives every kind of row, bench/gpu_profile.py's its
+tables; bench/torch_compare.py's PyTorch network computes ours (PyTorch comes with
+requirements-test.txt); their Markdown rows carry the measured figures."""
 
 import json
 import os
@@ -13,14 +13,13 @@ import pytest
 from tests.helpers import ROOT, bench_module, cli_env, labels_with_hits
 
 
-def test_the_gpu_profile_runs_in_its_reduced_form():
+def test_the_gpu_profile_runs_in_its_reduced_form(capsys):
     """bench/gpu_profile.py on a CPU at 64 px (the device run is 224 px): the step's time by layer and
     direction and by kernel, the busy share, the memory and the two ceilings, so that it cannot rot
-    between the sessions that have a GPU."""
-    command = [sys.executable, os.path.join(ROOT, "bench", "gpu_profile.py"), "--reduced", "--markdown"]
-    done = subprocess.run(command, cwd=ROOT, env=cli_env(devices=1), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = done.stdout
+    between the sessions that have a GPU. In this process, which has JAX imported already."""
+    result = bench_module("gpu_profile").main(["--reduced", "--markdown"])
+    assert [p["batch"] for p in result["profiles"]] == [8] and result["profiles"][0]["images_per_s"] > 0
+    out = capsys.readouterr().out
     assert "**Batch 8**" in out and "the device busy" in out and "memory: arguments" in out
     assert "| layer | direction | µs per step | share |" in out and "| kernel | calls per step |" in out
     layers = {
@@ -29,20 +28,27 @@ def test_the_gpu_profile_runs_in_its_reduced_form():
     assert {("conv1", "forward"), ("conv1", "backward"), ("conv5", "forward")} <= layers
 
 
-def test_the_gpu_command_runs_in_its_reduced_form(tmp_path):
-    """Every kind of row (the implementation choices, training, the prepared copy) on a CPU, in seconds."""
+def test_the_gpu_command_runs_in_its_reduced_form(tmp_path, monkeypatch, capsys):
+    """Every kind of row (the implementation choices, training, the prepared copy) on a CPU, in seconds.
+
+    The command's own process plans, starts the device probe as a child and collects, as on a GPU;
+    each measurement runs through the child's own entry point (`--_one=SPEC`) in this process, which
+    has JAX and TensorFlow imported already and compiles each program once (a child per row would
+    import them again and compile what this process has cached)."""
+    gpu = bench_module("gpu")
+    children = []
+
+    def measured_here(spec, timeout):
+        capsys.readouterr()  # the plan's own lines so far
+        assert gpu.main([f"--_one={json.dumps(spec)}"]) is None
+        children.append(spec)
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    monkeypatch.setattr(gpu, "_child", measured_here)
     out, table = tmp_path / "gpu.json", tmp_path / "BENCHMARKS.md"
-    command = [
-        os.path.join(ROOT, "bench", "gpu.sh"),
-        "--reduced",
-        "--choices=pool_gradient",
-        f"--out={out}",
-        f"--markdown={table}",
-    ]
-    env = {**cli_env(devices=1), "PYTHON": sys.executable}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(out.read_text())
+    args = ["--reduced", "--choices=pool_gradient", f"--out={out}", f"--markdown={table}"]
+    result = gpu.main(args)
+    assert json.loads(out.read_text()) == result
     kinds = [(r["what"], r["change"]) for r in result["rows"]]
     assert kinds == [
         ("choice", ""),
@@ -50,12 +56,20 @@ def test_the_gpu_command_runs_in_its_reduced_form(tmp_path):
         ("train", result["rows"][2]["change"]),
         ("prepared", result["rows"][2]["change"]),
     ]
+    assert children[-1].get("prepared")  # the last row fed by the input pipeline from the records prepare wrote
     for row in result["rows"]:
         assert "error" not in row, row
         assert row["images_per_s"] > 0 and row["compile_s"] > 0 and row["loss_finite"]
+    assert result["backend"] == "cpu" and result["matmul_tflops"]["float32"] > 0  # the probe, a child process
     text = table.read_text()
     assert "```bash\nbench/gpu.sh --reduced\n```" in text
     assert text.count("| jax | float32 | 4 |") == 4
+    # The command itself: the script's environment and its arguments reach gpu.py.
+    env = {**cli_env(devices=1), "PYTHON": sys.executable}
+    done = subprocess.run(
+        [os.path.join(ROOT, "bench", "gpu.sh"), "--help"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "bench/gpu.sh --reduced" in done.stdout, done.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")

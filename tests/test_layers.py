@@ -11,6 +11,12 @@ import tensorflow as tf
 from alexnet_jax.networks import layers
 
 
+def value_and_vjp(fn, x, cotangent):
+    """fn(x) and the gradient that `cotangent` on it sends back to x, compiled as one program, as the
+    network's step compiles them (not one small program per operation)."""
+    return jax.jit(lambda v, ct: (fn(v), jax.vjp(fn, v)[1](ct)[0]))(x, cotangent)
+
+
 @pytest.mark.parametrize("towers,channels", [(2, 96), (2, 256), (1, 64)])
 def test_lrn_matches_tensorflow_per_tower(towers, channels):
     x = np.random.default_rng(0).normal(0, 10, (2, 7, 7, channels)).astype(np.float32)
@@ -49,13 +55,11 @@ def test_lrn_gradients_agree(groups, beta):
     x = jnp.asarray(np.maximum(rng.normal(0, 40, (2, 5, 5, 96)), 0).astype(np.float32))
     cotangent = jnp.asarray(rng.normal(size=x.shape).astype(np.float32))
     custom, autodiff = (
-        jax.vjp(lambda v, g=g: layers.local_response_norm(v, groups, beta=beta, gradient=g), x)
+        value_and_vjp(lambda v, g=g: layers.local_response_norm(v, groups, beta=beta, gradient=g), x, cotangent)
         for g in layers.LRN_GRADIENTS
     )
     np.testing.assert_allclose(np.asarray(custom[0]), np.asarray(autodiff[0]), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(
-        np.asarray(custom[1](cotangent)[0]), np.asarray(autodiff[1](cotangent)[0]), rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(np.asarray(custom[1]), np.asarray(autodiff[1]), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -68,13 +72,17 @@ def test_max_pool_gradients_agree(shape, window, stride, dtype):
     rng = np.random.default_rng(4)
     # ReLU outputs and coarse values: many ties, where the gradient must go to the first maximum.
     x = jnp.asarray(np.maximum(rng.integers(-3, 4, shape), 0), dtype)
-    custom = jax.vjp(lambda v: layers.max_pool(v, window, stride, "custom"), x)
-    xla = jax.vjp(lambda v: flax.linen.max_pool(v, (window, window), strides=(stride, stride)), x)
-    assert layers.max_pool(x, window, stride, "xla").shape == custom[0].shape
+    pools = (
+        lambda v: layers.max_pool(v, window, stride, "custom"),
+        lambda v: flax.linen.max_pool(v, (window, window), strides=(stride, stride)),
+    )
+    shape = jax.eval_shape(pools[0], x).shape
+    assert jax.eval_shape(lambda v: layers.max_pool(v, window, stride, "xla"), x).shape == shape
     # Positive cotangents: shares that meet at one input cannot cancel to zero.
-    cotangent = jnp.asarray(rng.uniform(0.1, 2.0, size=custom[0].shape), dtype)
-    np.testing.assert_array_equal(np.asarray(custom[0], np.float32), np.asarray(xla[0], np.float32))
-    grad, ref_grad = (np.asarray(vjp(cotangent)[0], np.float32) for vjp in (custom[1], xla[1]))
+    cotangent = jnp.asarray(rng.uniform(0.1, 2.0, size=shape), dtype)
+    (out, grad), (ref_out, ref_grad) = (value_and_vjp(pool, x, cotangent) for pool in pools)
+    np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(ref_out, np.float32))
+    grad, ref_grad = np.asarray(grad, np.float32), np.asarray(ref_grad, np.float32)
     # The same inputs receive gradient; where overlapping windows add up, the order of the sum may
     # differ, so the values agree to the dtype's rounding.
     np.testing.assert_array_equal(grad != 0, ref_grad != 0)

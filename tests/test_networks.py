@@ -130,7 +130,7 @@ def test_dropout_scalings_compute_the_same_function_once_converted_and_match_num
     paper = alexnet.AlexNet(dropout_scaling="paper", **net)
     inverted = alexnet.AlexNet(dropout_scaling="inverted", **net)
     # Section 4.2 at test time: the outputs of fc6 and fc7 times 0.5; NumPy does it its own way.
-    ours = np.asarray(paper.apply({"params": params}, jnp.asarray(images)))
+    ours = np.asarray(jax.jit(paper.apply)({"params": params}, jnp.asarray(images)))
     ref = numpy_reference.alexnet_forward(weights, images.transpose(0, 3, 1, 2), dropout_scale=0.5)
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
     plain = numpy_reference.alexnet_forward(weights, images.transpose(0, 3, 1, 2))
@@ -140,7 +140,7 @@ def test_dropout_scalings_compute_the_same_function_once_converted_and_match_num
     np.testing.assert_array_equal(converted["fc7"]["kernel"], params["fc7"]["kernel"] * 0.5)
     np.testing.assert_array_equal(converted["fc6"]["kernel"], params["fc6"]["kernel"])
     np.testing.assert_allclose(
-        np.asarray(inverted.apply({"params": converted}, jnp.asarray(images))),
+        np.asarray(jax.jit(inverted.apply)({"params": converted}, jnp.asarray(images))),
         ours,
         rtol=1e-5,
         atol=1e-5 * np.abs(ours).max(),

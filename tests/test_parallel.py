@@ -121,14 +121,15 @@ def test_every_mesh_computes_the_single_device_network(request, paper_params, si
     op = request.getfixturevalue(f"at_{size}")
     ref = op["reference"]
     net, mesh = op["net"], parallel.make_mesh(*shape)
-    params = parallel.shard(paper_params, mesh, parallel.param_specs(paper_params))
     # A whole training step, the micro-batching the training loop would choose (chunks of 8 on a
     # CPU where a device holds all 16 examples, the whole batch where it holds 8 or 4); the new velocity is
     # -wd * lr * w - lr * gradient, so it compares the gradients too.
     optimizer = optim.paper_sgd(momentum=0.9, weight_decay=WEIGHT_DECAY)
     micro_batch = steps.resolve_micro_batch(-1, TRAIN_BATCH // shape[0], op["size"])
     assert micro_batch == (8 if shape[0] == 1 else 0)
-    zero_velocity = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), jax.eval_shape(optimizer.init, params))
+    zero_velocity = jax.tree.map(
+        lambda leaf: np.zeros(leaf.shape, leaf.dtype), jax.eval_shape(optimizer.init, paper_params)
+    )
     state = steps.TrainState(  # (donated to the step: parameters of its own, from the host copy)
         step=jnp.zeros((), jnp.int32),
         params=parallel.shard(paper_params, mesh, parallel.param_specs(paper_params)),
@@ -145,6 +146,8 @@ def test_every_mesh_computes_the_single_device_network(request, paper_params, si
     kernel = state.params["fc6"]["kernel"]
     assert kernel.shape == (9216, 4096) and kernel.sharding.shard_shape(kernel.shape) == (9216, 4096 // shape[1])
 
+    del state, metrics, kernel  # (a copy of the paper's parameters on the (4, 2) mesh is 0.9 GB: one at a time)
+    params = parallel.shard(paper_params, mesh, parallel.param_specs(paper_params))
     eval_step = steps.make_eval_step(net, mesh, op["mean"], op["size"], ten_crop=True)
     sums = jax.device_get(eval_step(params, parallel.host_batch_to_global(op["eval_batch"], mesh)))
     assert 0 < ref["top1"] < ref["top5"] < 3  # some hits, not all: the counts are compared, not zeros

@@ -118,7 +118,7 @@ def test_two_processes_split_every_batch_without_overlap(photos, tmp_path):
         subprocess.Popen(
             [sys.executable, "-m", "tests.test_records", str(photos / "records"), str(i), str(port), outs[i]],
             cwd=ROOT,
-            env=cli_env(devices=1),
+            env={**cli_env(devices=1), "TF_USE_LEGACY_KERAS": "1"},  # tf.data alone: no Keras, as in the tools
             stderr=subprocess.PIPE,
             text=True,
         )

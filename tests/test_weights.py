@@ -1,6 +1,7 @@
 """PyTorch- and Caffe-convention weights load into the canonical tree and give a NumPy forward's logits;
 files carry their network's config; the command line converts between formats."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ def torch_weights():
 def test_torch_layout_gives_numpy_reference_logits(torch_weights, image_size, conv1_pad):
     images = np.random.default_rng(1).uniform(-120, 120, (1, image_size, image_size, 3)).astype(np.float32)
     params = weights_lib.from_torch_layout(torch_weights)
-    ours = alexnet.AlexNet().apply({"params": params}, jnp.asarray(images))
+    ours = jax.jit(alexnet.AlexNet().apply)({"params": params}, jnp.asarray(images))
     ref = numpy_reference.alexnet_forward(torch_weights, images.transpose(0, 3, 1, 2), conv1_pad)
     assert np.abs(ref).max() > 1.0  # the check means something only if activations survive
     np.testing.assert_allclose(np.asarray(ours), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
@@ -67,7 +68,7 @@ def test_torchvision_file_imports_exports_bit_for_bit_and_gives_numpy_logits(tmp
     for key in original:
         np.testing.assert_array_equal(again[key], original[key])
     images = np.random.default_rng(3).uniform(-120, 120, (1, 224, 224, 3)).astype(np.float32)
-    ours = alexnet.AlexNet(variant="torchvision").apply({"params": params}, jnp.asarray(images))
+    ours = jax.jit(alexnet.AlexNet(variant="torchvision").apply)({"params": params}, jnp.asarray(images))
     layer_named = {
         f"{name}.{leaf}": original[f"{tv}.{leaf}"] for name, tv in TORCH_NAMES.items() for leaf in ("weight", "bias")
     }
@@ -94,7 +95,7 @@ def test_caffe_npy_needs_the_pickle_flag_and_round_trips(tmp_path, torch_weights
     # Caffe's LRN: k = 1, alpha divided by n = 5.
     images = np.random.default_rng(4).uniform(-120, 120, (1, 227, 227, 3)).astype(np.float32)
     net = alexnet.AlexNet(lrn_k=1.0, lrn_alpha=2e-5)
-    ours = net.apply({"params": params}, jnp.asarray(images))
+    ours = jax.jit(net.apply)({"params": params}, jnp.asarray(images))
     ref = numpy_reference.alexnet_forward(torch_weights, images.transpose(0, 3, 1, 2), k=1.0, alpha=2e-5)
     np.testing.assert_allclose(np.asarray(ours), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
