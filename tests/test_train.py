@@ -175,9 +175,13 @@ CLI_ARGS = (
 # the final evaluation uses them). A part run with another eval.ten_crop would write that config into the
 # checkpoint records it saves: the best one (step 40's) differed whenever the SIGTERM came after step 40.
 RESUMED_ARGS = (*(a for a in CLI_ARGS if not a.startswith("--config.eval.ten_crop")), "--config.eval.ten_crop=True")
-# Those runs pin parallel.data=1, so they may see this process's devices: their programs are then the
-# uninterrupted run's, compiled once for all (the compilation cache's keys include the device count).
-SAME_DEVICES = jax.device_count()
+
+
+def start_resumed_run(workdir):
+    """`python -m alexnet_jax.main` with RESUMED_ARGS on `workdir`, started and not waited for. The run
+    pins parallel.data=1, so it may see this process's devices: its programs are then the uninterrupted
+    run's, compiled once for all (the compilation cache's keys include the device count)."""
+    return run_module("alexnet_jax.main", *RESUMED_ARGS, f"--workdir={workdir}", wait=False, devices=jax.device_count())
 
 
 def wait_for(process, predicate, what, poll=0.02):
@@ -201,7 +205,7 @@ def kill_right_after_an_improving_evaluation(workdir, rng):
         evals = sorted((r["step"], r["top1_error"]) for r in workdir_lib.read_metrics(workdir) if r["kind"] == "eval")
         return bool(evals) and evals[-1][0] > start and evals[-1][1] < min([e for _, e in evals[:-1]] or [2.0])
 
-    process = run_module("alexnet_jax.main", *RESUMED_ARGS, f"--workdir={workdir}", wait=False, devices=SAME_DEVICES)
+    process = start_resumed_run(workdir)
     wait_for(process, improved, "an improving evaluation")
     process.send_signal(signal.SIGKILL)
     step = max(r["step"] for r in workdir_lib.read_metrics(workdir) if r["kind"] == "eval")
@@ -223,9 +227,7 @@ def kill_during_a_save_after_a_random_step(workdir, rng, attempts=3):
         return unfinished_saves(workdir) and any(r["step"] >= step for r in train_records(workdir))
 
     for attempt in range(1, attempts + 1):
-        process = run_module(
-            "alexnet_jax.main", *RESUMED_ARGS, f"--workdir={workdir}", wait=False, devices=SAME_DEVICES
-        )
+        process = start_resumed_run(workdir)
         wait_for(process, saving, f"a checkpoint was being written after step {step}", poll=0.002)
         process.send_signal(signal.SIGKILL)
         process.communicate()
@@ -242,7 +244,7 @@ def kill_during_a_save_after_a_random_step(workdir, rng, attempts=3):
 
 def preempt_at_a_random_step(workdir, rng):
     step = rng.randint(30, 40)
-    process = run_module("alexnet_jax.main", *RESUMED_ARGS, f"--workdir={workdir}", wait=False, devices=SAME_DEVICES)
+    process = start_resumed_run(workdir)
     wait_for(process, lambda: any(r["step"] >= step for r in train_records(workdir)), f"step {step}")
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=300)
